@@ -1,0 +1,49 @@
+"""Errors raised by the shared ML core.
+
+Exception tree::
+
+    FedPMModelsError
+    ├── FrameError            a sensor frame that cannot be decoded or is invalid
+    ├── SignalError           bad arguments to a signal-processing or simulator function
+    ├── ModelFormatError      an ONNX file without valid FedPM metadata, or wrong input shape
+    └── RegistryError         the model registry cannot be read or written
+        ├── IntegrityError    a model file whose sha256 does not match its card
+        └── VersionNotFoundError   no such registry version (or an empty registry)
+"""
+
+from __future__ import annotations
+
+
+class FedPMModelsError(Exception):
+    """Base class of every error raised by ``models``."""
+
+
+class FrameError(FedPMModelsError, ValueError):
+    """A sensor frame could not be decoded or failed validation.
+
+    ``reason`` is a short machine-readable tag (for counters), the message is for people.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class SignalError(FedPMModelsError, ValueError):
+    """Invalid arguments to a signal-processing or simulation function."""
+
+
+class ModelFormatError(FedPMModelsError, ValueError):
+    """An ONNX model without valid FedPM metadata, or input the model cannot take."""
+
+
+class RegistryError(FedPMModelsError):
+    """The model registry cannot be read or written."""
+
+
+class IntegrityError(RegistryError):
+    """A model file whose sha256 does not match the one recorded in its card."""
+
+
+class VersionNotFoundError(RegistryError, LookupError):
+    """The requested registry version does not exist."""

@@ -1,0 +1,147 @@
+"""Local training and evaluation loops shared by the Flower ClientApp and centralised training."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+
+from models.errors import SignalError
+from models.network import WDCNN
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """Outcome of a local training pass."""
+
+    loss: float
+    accuracy: float
+    num_examples: int
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Outcome of an evaluation pass."""
+
+    loss: float
+    accuracy: float
+    num_examples: int
+    per_class_accuracy: dict[str, float]
+
+
+def _check(x: npt.NDArray[np.float32], y: npt.NDArray[np.int64], net: WDCNN) -> None:
+    if x.ndim != 3 or x.shape[0] != y.shape[0]:
+        raise SignalError(f"windows {x.shape} and labels {y.shape} do not line up")
+    if x.shape[1:] != (net.config.in_channels, net.config.window_samples):
+        raise SignalError(
+            f"windows shaped {x.shape[1:]}, network expects "
+            f"{(net.config.in_channels, net.config.window_samples)}"
+        )
+    if len(y) and (y.min() < 0 or y.max() >= net.config.n_classes):
+        raise SignalError("label index out of range")
+
+
+def train(
+    net: WDCNN,
+    x: npt.NDArray[np.float32],
+    y: npt.NDArray[np.int64],
+    *,
+    epochs: int = 1,
+    batch_size: int = 32,
+    learning_rate: float = 1e-3,
+    seed: int = 0,
+    proximal_mu: float = 0.0,
+) -> FitResult:
+    """Train ``net`` in place with Adam and cross-entropy; returns the mean training loss.
+
+    ``proximal_mu > 0`` adds FedProx's proximal term against the starting weights.
+    """
+    _check(x, y, net)
+    if len(y) == 0:
+        raise SignalError("no training windows")
+    gen = torch.Generator().manual_seed(seed)
+    xt, yt = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y)
+    opt = torch.optim.Adam(net.parameters(), lr=learning_rate)
+    loss_fn = nn.CrossEntropyLoss()
+    anchor = [p.detach().clone() for p in net.parameters()] if proximal_mu > 0 else []
+    net.train()
+    total_loss, correct, seen = 0.0, 0, 0
+    for _ in range(epochs):
+        order = torch.randperm(len(yt), generator=gen)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            if len(idx) < 2:  # BatchNorm needs two samples
+                continue
+            xb, yb = xt[idx], yt[idx]
+            opt.zero_grad()
+            logits, _ = net(xb)
+            loss = loss_fn(logits, yb)
+            if anchor:
+                prox = sum(
+                    ((p - a) ** 2).sum() for p, a in zip(net.parameters(), anchor, strict=True)
+                )
+                loss = loss + proximal_mu / 2 * prox
+            loss.backward()
+            opt.step()
+            total_loss += float(loss.detach()) * len(idx)
+            correct += int((logits.argmax(1) == yb).sum())
+            seen += len(idx)
+    net.eval()
+    return FitResult(total_loss / max(seen, 1), correct / max(seen, 1), len(yt))
+
+
+@torch.no_grad()
+def evaluate(
+    net: WDCNN,
+    x: npt.NDArray[np.float32],
+    y: npt.NDArray[np.int64],
+    class_names: tuple[str, ...],
+    batch_size: int = 256,
+) -> EvalResult:
+    """Cross-entropy loss and accuracy of ``net`` on labelled windows."""
+    _check(x, y, net)
+    net.eval()
+    if len(y) == 0:
+        return EvalResult(float("nan"), float("nan"), 0, {})
+    loss_fn = nn.CrossEntropyLoss(reduction="sum")
+    total, preds = 0.0, []
+    for start in range(0, len(y), batch_size):
+        xb = torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size]))
+        yb = torch.from_numpy(y[start : start + batch_size])
+        logits, _ = net(xb)
+        total += float(loss_fn(logits, yb))
+        preds.append(logits.argmax(1).numpy())
+    pred = np.concatenate(preds)
+    per_class = {
+        name: float((pred[y == k] == k).mean())
+        for k, name in enumerate(class_names)
+        if (y == k).any()
+    }
+    return EvalResult(total / len(y), float((pred == y).mean()), len(y), per_class)
+
+
+def time_split(
+    groups: npt.NDArray[np.int64], order: npt.NDArray[np.int64], eval_fraction: float
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Split indices so that, within each group, the latest ``eval_fraction`` is held out.
+
+    ``groups`` identifies contiguous recordings (e.g. a sensor and label); ``order`` is the
+    time of each window. Splitting by time instead of at random keeps overlapping or adjacent
+    windows of one recording from leaking between training and evaluation.
+    """
+    if not 0.0 <= eval_fraction < 1.0:
+        raise SignalError("eval_fraction must be in [0, 1)")
+    train_idx, eval_idx = [], []
+    for g in np.unique(groups):
+        members = np.flatnonzero(groups == g)
+        members = members[np.argsort(order[members], kind="stable")]
+        n_eval = round(len(members) * eval_fraction)
+        cut = len(members) - n_eval
+        train_idx.append(members[:cut])
+        eval_idx.append(members[cut:])
+    if not train_idx:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(train_idx).astype(np.int64), np.concatenate(eval_idx).astype(np.int64)
