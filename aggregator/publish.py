@@ -1,0 +1,96 @@
+"""Export each round's global model to ONNX and publish it to the model registry."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import flwr
+from flwr.app import ArrayRecord, MetricRecord
+
+from aggregator.rounds import RoundLog
+from models.fl_config import RunConfig
+from models.metadata import Provenance
+from models.network import build_model
+from models.onnx_export import export_onnx, metadata_for
+from models.registry import FileRegistry, ModelCard
+
+logger = logging.getLogger(__name__)
+
+
+def weighted_mean(site_metrics: dict[str, dict[str, float]], key: str) -> float | None:
+    """Mean of ``key`` over sites, weighted by their ``num-examples``."""
+    pairs = [(m[key], m.get("num-examples", 1.0)) for m in site_metrics.values() if key in m]
+    total = sum(w for _, w in pairs)
+    if not pairs or total <= 0:
+        return None
+    return sum(v * w for v, w in pairs) / total
+
+
+class RoundPublisher:
+    """Callable for ``Strategy.start(evaluate_fn=...)``: publishes rounds >= 1."""
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        registry: FileRegistry,
+        run_id: str,
+        round_logs: dict[int, RoundLog],
+    ) -> None:
+        self.cfg = cfg
+        self.registry = registry
+        self.run_id = run_id
+        self.round_logs = round_logs
+        self.published: list[ModelCard] = []
+
+    def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        """Publish the global model of ``server_round`` (round 0, the initial model, is not)."""
+        if server_round < 1:
+            return None
+        card = self.publish(server_round, arrays)
+        return MetricRecord({"registry-version": card.version})
+
+    def publish(self, server_round: int, arrays: ArrayRecord) -> ModelCard:
+        """Export ``arrays`` and publish them with this round's metrics."""
+        log = self.round_logs.get(server_round, RoundLog(server_round))
+        # Evaluation rows and training rows are stored per site in one dict; the aggregate
+        # figures are weighted by each site's examples of that phase.
+        metrics = {
+            key: value
+            for key in ("train-loss", "train-accuracy", "eval-loss", "eval-accuracy")
+            if (value := weighted_mean(log.site_metrics, key)) is not None
+        }
+        net = build_model(self.cfg.network)
+        net.load_state_dict(arrays.to_torch_state_dict())
+        provenance = Provenance(
+            source="federated",
+            run_id=self.run_id,
+            server_round=server_round,
+            sites=log.sites,
+            metrics=metrics,
+            framework={"flwr": flwr.__version__},
+        )
+        metadata = metadata_for(
+            net,
+            sample_rate_hz=self.cfg.sample_rate_hz,
+            class_names=self.cfg.class_names,
+            provenance=provenance,
+        )
+        card = self.registry.publish(
+            export_onnx(net, metadata),
+            metadata,
+            run_id=self.run_id,
+            server_round=server_round,
+            sites=log.sites,
+            metrics=metrics,
+            site_metrics=log.site_metrics,
+        )
+        logger.info(
+            "round %d published as %s to %s (sites: %s)",
+            server_round,
+            card.label,
+            Path(self.registry.root).resolve(),
+            ", ".join(log.sites) or "none",
+        )
+        self.published.append(card)
+        return card

@@ -1,0 +1,101 @@
+"""Flower ClientApp: train and evaluate the shared model on this site's local store.
+
+Node config (``flower-supernode --node-config``): ``store-path`` (the edge agent's SQLite store)
+and ``site-id``. Only weights and metrics leave the site, never windows.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from edge_agent.store import LabelledWindows, LocalStore
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from models.fl_config import RunConfig
+from models.network import WDCNN, build_model
+from models.training import evaluate, time_split, train
+
+logger = logging.getLogger(__name__)
+
+app = ClientApp()
+
+
+def _site(context: Context) -> str:
+    return str(context.node_config.get("site-id", f"node-{context.node_id}"))
+
+
+def _local_data(context: Context, cfg: RunConfig) -> tuple[LabelledWindows, np.ndarray, np.ndarray]:
+    path = context.node_config.get("store-path")
+    if not path:
+        raise ValueError(
+            "node config has no 'store-path': start the SuperNode with "
+            "--node-config \"store-path='/path/to/store.db' site-id='...'\""
+        )
+    with LocalStore(str(path), readonly=True) as store:
+        data = store.labelled_windows(cfg.class_names, cfg.sample_rate_hz, cfg.window_samples)
+    if len(data.y) == 0:
+        raise ValueError(f"store {path} holds no labelled windows yet")
+    train_idx, eval_idx = time_split(data.group, data.start_ns, cfg.eval_fraction)
+    return data, train_idx, eval_idx
+
+
+def _model(msg: Message, cfg: RunConfig) -> WDCNN:
+    net = build_model(cfg.network)
+    net.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    return net
+
+
+@app.train()
+def train_handler(msg: Message, context: Context) -> Message:
+    """Train the received global model on local labelled windows."""
+    torch.set_num_threads(1)
+    cfg = RunConfig.from_run_config(context.run_config)
+    data, train_idx, _ = _local_data(context, cfg)
+    net = _model(msg, cfg)
+    server_round = int(msg.content["config"].get("server-round", 0))
+    result = train(
+        net,
+        data.x[train_idx],
+        data.y[train_idx],
+        epochs=cfg.local_epochs,
+        batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate,
+        seed=cfg.seed + server_round * 1000 + context.node_id % 1000,
+    )
+    metrics = MetricRecord(
+        {
+            "train-loss": result.loss,
+            "train-accuracy": result.accuracy,
+            "num-examples": result.num_examples,
+        }
+    )
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord(net.state_dict()),
+            "metrics": metrics,
+            "site": ConfigRecord({"site-id": _site(context)}),
+        }
+    )
+    return Message(content=content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate_handler(msg: Message, context: Context) -> Message:
+    """Evaluate the received global model on the latest part of each local recording."""
+    torch.set_num_threads(1)
+    cfg = RunConfig.from_run_config(context.run_config)
+    data, _, eval_idx = _local_data(context, cfg)
+    net = _model(msg, cfg)
+    result = evaluate(net, data.x[eval_idx], data.y[eval_idx], cfg.class_names)
+    metrics = MetricRecord(
+        {
+            "eval-loss": result.loss,
+            "eval-accuracy": result.accuracy,
+            "num-examples": result.num_examples,
+        }
+    )
+    content = RecordDict({"metrics": metrics, "site": ConfigRecord({"site-id": _site(context)})})
+    return Message(content=content, reply_to=msg)

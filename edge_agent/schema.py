@@ -1,0 +1,87 @@
+"""SQL schema of the local store, versioned with ``PRAGMA user_version``.
+
+``MIGRATIONS[i]`` takes a store from version ``i`` to ``i + 1``; a new schema version appends
+one entry and never edits an old one. Version 0 is an empty file.
+
+Sequence numbers are unsigned 64-bit on the wire but SQLite integers are signed, so ``sensors``
+stores ``seq - 2**63`` (:func:`seq_to_db`), which keeps the order.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+SEQ_OFFSET: Final = 1 << 63
+
+_V1: Final = """
+CREATE TABLE windows (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: a safe scoring cursor
+    asset_id       TEXT    NOT NULL,
+    sensor_id      TEXT    NOT NULL,
+    channel        INTEGER NOT NULL CHECK (channel >= 0),
+    start_ns       INTEGER NOT NULL,
+    end_ns         INTEGER NOT NULL CHECK (end_ns > start_ns),
+    sample_rate_hz REAL    NOT NULL CHECK (sample_rate_hz > 0),
+    n_samples      INTEGER NOT NULL CHECK (n_samples > 0),
+    samples        BLOB    NOT NULL CHECK (length(samples) = 4 * n_samples),  -- float32 LE, g
+    created_ns     INTEGER NOT NULL
+);
+CREATE INDEX windows_asset_time ON windows (asset_id, start_ns);
+
+CREATE TABLE labels (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    asset_id    TEXT    NOT NULL,
+    sensor_id   TEXT,                                   -- NULL: every sensor of the asset
+    label       TEXT    NOT NULL,
+    start_ns    INTEGER NOT NULL,
+    end_ns      INTEGER NOT NULL CHECK (end_ns > start_ns),
+    source      TEXT    NOT NULL,
+    received_ns INTEGER NOT NULL
+);
+-- a redelivered (QoS 1) or repeated label event is stored once
+CREATE UNIQUE INDEX labels_event
+    ON labels (asset_id, ifnull(sensor_id, ''), label, start_ns, end_ns);
+
+CREATE TABLE scores (
+    window_id           INTEGER NOT NULL REFERENCES windows (id) ON DELETE CASCADE,
+    model_version       INTEGER NOT NULL,
+    predicted           TEXT    NOT NULL,
+    failure_probability REAL    NOT NULL,
+    probabilities       TEXT    NOT NULL,               -- JSON object: class -> probability
+    scored_ns           INTEGER NOT NULL,
+    PRIMARY KEY (window_id, model_version)
+) WITHOUT ROWID;
+
+CREATE TABLE rejects (
+    reason  TEXT    PRIMARY KEY,
+    count   INTEGER NOT NULL,
+    last_ns INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE counters (
+    name  TEXT    PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE sensors (
+    asset_id    TEXT    NOT NULL,
+    sensor_id   TEXT    NOT NULL,
+    last_seq    INTEGER NOT NULL,                       -- seq - 2**63
+    last_end_ns INTEGER NOT NULL,
+    updated_ns  INTEGER NOT NULL,
+    PRIMARY KEY (asset_id, sensor_id)
+) WITHOUT ROWID;
+"""
+
+MIGRATIONS: Final[tuple[str, ...]] = (_V1,)
+SCHEMA_VERSION: Final = len(MIGRATIONS)
+
+
+def seq_to_db(seq: int) -> int:
+    """Map an unsigned 64-bit sequence number onto SQLite's signed integers."""
+    return seq - SEQ_OFFSET
+
+
+def seq_from_db(value: int) -> int:
+    """Inverse of :func:`seq_to_db`."""
+    return value + SEQ_OFFSET

@@ -1,0 +1,7 @@
+"""``python -m fedpm``."""
+
+import sys
+
+from fedpm.cli import main
+
+sys.exit(main())

@@ -1,0 +1,89 @@
+"""An ERP-style client of the prediction API, used by the demo to check the served model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import httpx
+import numpy as np
+import numpy.typing as npt
+
+from fedpm.scenario import HELD_OUT_PROFILE, HELD_OUT_SEED
+from models.simulator import FAULT_MODES, BearingSignalStream, FaultMode
+from models.windows import windows_from_record
+
+
+@dataclass
+class ClassResult:
+    """Predictions for the windows of one true class."""
+
+    true_class: str
+    predicted: list[str] = field(default_factory=list)
+    failure_probability: list[float] = field(default_factory=list)
+
+    @property
+    def correct(self) -> int:
+        """How many windows were predicted as their true class."""
+        return sum(p == self.true_class for p in self.predicted)
+
+
+@dataclass
+class HeldOutReport:
+    """The held-out check: per-class results and the model version that served them."""
+
+    model_version: str
+    results: list[ClassResult]
+    example: dict[str, object]
+
+    @property
+    def accuracy(self) -> float:
+        """Window-level accuracy over every class."""
+        total = sum(len(r.predicted) for r in self.results)
+        return sum(r.correct for r in self.results) / total if total else float("nan")
+
+
+def held_out_windows(
+    mode: str, n_windows: int, window_samples: int, severity: float = 0.5
+) -> npt.NDArray[np.float32]:
+    """Fresh windows of ``mode`` from a machine no site has (other rpm, resonance, seed)."""
+    if mode not in FAULT_MODES:
+        raise ValueError(f"the simulator has no fault mode {mode!r}")
+    fault: FaultMode = mode
+    seed = HELD_OUT_SEED + FAULT_MODES.index(fault)
+    stream = BearingSignalStream(HELD_OUT_PROFILE, np.random.default_rng(seed))
+    record = stream.next(n_windows * window_samples, fault, 0.0 if mode == "normal" else severity)
+    return windows_from_record(record, window_samples)
+
+
+def check_held_out(
+    base_url: str,
+    class_names: tuple[str, ...],
+    *,
+    windows_per_class: int,
+    window_samples: int,
+    timeout_s: float = 60.0,
+) -> HeldOutReport:
+    """POST held-out windows of each class to ``/v1/predictions`` and collect the answers."""
+    results: list[ClassResult] = []
+    version = ""
+    example: dict[str, object] = {}
+    with httpx.Client(base_url=base_url, timeout=timeout_s) as client:
+        for name in class_names:
+            windows = held_out_windows(name, windows_per_class, window_samples)
+            body = {
+                "sample_rate_hz": HELD_OUT_PROFILE.sample_rate_hz,
+                "units": "g",
+                "windows": windows.tolist(),
+            }
+            response = client.post("/v1/predictions", json=body)
+            response.raise_for_status()
+            payload = response.json()
+            version = payload["model_version"]
+            result = ClassResult(name)
+            for p in payload["predictions"]:
+                result.predicted.append(p["predicted_class"])
+                result.failure_probability.append(float(p["failure_probability"]))
+            if not example and name != class_names[0]:
+                example = {"model_version": version, "prediction": payload["predictions"][0]}
+            results.append(result)
+    return HeldOutReport(version, results, example)

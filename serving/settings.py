@@ -1,0 +1,56 @@
+"""Typed settings of the serving API, read from ``FEDPM_SERVE_*`` environment variables.
+
+Reach them through :func:`get_settings` (cached) rather than a module-level instance, so tests
+and the CLI can build their own :class:`ServeSettings` and hand it to
+:func:`serving.app.create_app`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+
+class ServeSettings(BaseSettings):
+    """Settings of one serving process.
+
+    Parameters
+    ----------
+    registry_dir
+        Root of the :class:`~models.registry.FileRegistry` to serve models from.
+    host, port
+        Address uvicorn binds to (loopback by default; put a TLS proxy in front otherwise).
+    max_windows_per_request
+        Largest batch one prediction request may carry.
+    max_body_bytes
+        Largest request body accepted, in bytes; larger bodies get ``413``.
+    onnx_threads
+        onnxruntime intra-op threads per inference.
+    log_level, log_json
+        Logging level, and one JSON object per line instead of plain text.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="FEDPM_SERVE_", extra="ignore", frozen=True)
+
+    registry_dir: Path = Path("var/registry")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    max_windows_per_request: int = Field(default=256, ge=1, le=100_000)
+    max_body_bytes: int = Field(default=32 * MiB, ge=1024)
+    onnx_threads: int = Field(default=1, ge=1, le=256)
+    log_level: LogLevel = "INFO"
+    log_json: bool = False
+
+
+@lru_cache
+def get_settings() -> ServeSettings:
+    """Return the process's settings, read once from the environment."""
+    return ServeSettings()
