@@ -10,12 +10,12 @@ import logging
 
 import numpy as np
 import torch
-from edge_agent.store import LabelledWindows, LocalStore
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from edge_agent.store import LabelledWindows, LocalStore
 from models.fl_config import RunConfig
-from models.network import WDCNN, build_model
+from models.network import WDCNN, build_model, reset_norm_statistics
 from models.training import evaluate, time_split, train
 
 logger = logging.getLogger(__name__)
@@ -55,6 +55,7 @@ def train_handler(msg: Message, context: Context) -> Message:
     cfg = RunConfig.from_run_config(context.run_config)
     data, train_idx, _ = _local_data(context, cfg)
     net = _model(msg, cfg)
+    reset_norm_statistics(net)
     server_round = int(msg.content["config"].get("server-round", 0))
     result = train(
         net,

@@ -37,7 +37,7 @@ class LabelEvent(BaseModel):
         return self
 
     @classmethod
-    def parse(cls, payload: bytes) -> LabelEvent:
+    def parse(cls, payload: bytes | bytearray) -> LabelEvent:
         """Decode and validate a label-event payload.
 
         Raises

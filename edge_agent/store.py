@@ -44,7 +44,6 @@ logger = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 10_000
 _LE_F32 = np.dtype("<f4")
-_WINDOW_COLUMNS = "id, asset_id, sensor_id, channel, start_ns, end_ns, sample_rate_hz, samples"
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
@@ -299,7 +298,8 @@ class LocalStore:
         """Windows with ``id > after_id`` and no score yet, oldest first, at most ``limit``."""
         with self._read() as conn:
             rows = conn.execute(
-                f"SELECT {_WINDOW_COLUMNS} FROM windows AS w WHERE id > ? AND NOT EXISTS"
+                "SELECT id, asset_id, sensor_id, channel, start_ns, end_ns, sample_rate_hz,"
+                " samples FROM windows AS w WHERE id > ? AND NOT EXISTS"
                 " (SELECT 1 FROM scores AS s WHERE s.window_id = w.id) ORDER BY id LIMIT ?",
                 (after_id, limit),
             ).fetchall()
@@ -337,17 +337,19 @@ class LocalStore:
         if end_ns <= start_ns:
             raise StoreError(f"label span must be positive: [{start_ns}, {end_ns}]")
         with self._write() as conn:
-            conn.execute(
-                "INSERT OR IGNORE INTO labels (asset_id, sensor_id, label, start_ns, end_ns,"
-                " source, received_ns) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (asset_id, sensor_id, label, start_ns, end_ns, source, time.time_ns()),
-            )
             row = conn.execute(
                 "SELECT id FROM labels WHERE asset_id = ? AND ifnull(sensor_id, '') = ?"
                 " AND label = ? AND start_ns = ? AND end_ns = ?",
                 (asset_id, sensor_id or "", label, start_ns, end_ns),
             ).fetchone()
-        return int(row[0])
+            if row is not None:
+                return int(row[0])
+            cur = conn.execute(
+                "INSERT INTO labels (asset_id, sensor_id, label, start_ns, end_ns, source,"
+                " received_ns) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (asset_id, sensor_id, label, start_ns, end_ns, source, time.time_ns()),
+            )
+            return int(cur.lastrowid or 0)
 
     def count_labels(self) -> int:
         """Number of stored label events."""
@@ -367,17 +369,15 @@ class LocalStore:
         classes = {name: i for i, name in enumerate(class_names)}
         matches: dict[int, list[tuple[Any, ...]]] = {}
         if classes:
-            marks = ",".join("?" * len(classes))
+            sql = (
+                "SELECT w.id, w.sensor_id, w.channel, w.start_ns, w.sample_rate_hz, w.samples,"
+                " l.id, l.label FROM labels AS l JOIN windows AS w ON w.asset_id = l.asset_id"
+                " AND (l.sensor_id IS NULL OR w.sensor_id = l.sensor_id)"
+                " AND w.start_ns >= l.start_ns AND w.end_ns <= l.end_ns"
+                " WHERE l.label IN (SELECT value FROM json_each(?)) ORDER BY w.id, l.id"
+            )
             with self._read() as conn:
-                rows = conn.execute(
-                    f"SELECT w.id, w.sensor_id, w.channel, w.start_ns, w.sample_rate_hz,"
-                    f" w.samples, l.id, l.label FROM labels AS l JOIN windows AS w"
-                    f" ON w.asset_id = l.asset_id"
-                    f" AND (l.sensor_id IS NULL OR w.sensor_id = l.sensor_id)"
-                    f" AND w.start_ns >= l.start_ns AND w.end_ns <= l.end_ns"
-                    f" WHERE l.label IN ({marks}) ORDER BY w.id, l.id",
-                    list(classes),
-                )
+                rows = conn.execute(sql, (json.dumps(list(classes)),))
                 for row in rows:
                     matches.setdefault(row[0], []).append(row)
         xs: list[FloatArray] = []

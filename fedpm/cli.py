@@ -124,7 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    code: int = args.func(args)
+    try:
+        code: int = args.func(args)
+    except Exception as exc:  # a CLI reports failures in one line, details are in the logs
+        logging.getLogger("fedpm").debug("command failed", exc_info=True)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return code
 
 

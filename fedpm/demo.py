@@ -8,6 +8,7 @@ registry -> serving API -> an ERP-style client that checks held-out predictions.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import sys
 import time
@@ -18,7 +19,7 @@ from types import FrameType
 
 import httpx
 
-import aggregator
+from edge_agent.errors import StoreError
 from edge_agent.store import LocalStore
 from fedpm.broker import MosquittoBroker
 from fedpm.erp_client import HeldOutReport, check_held_out
@@ -36,12 +37,15 @@ class DemoOptions:
     """Knobs of the demo (defaults finish in a few minutes on two cores)."""
 
     rounds: int = 3
-    local_epochs: int = 1
+    local_epochs: int = 2
     backlog_s: float = 24.0
     held_out_windows: int = 25
     workdir: Path | None = None
     json_path: Path | None = None
     sites: tuple[SiteSpec, ...] = DEMO_SITES
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class Progress:
@@ -70,7 +74,7 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 def app_dir() -> Path:
     """The Flower app folder (the project root, holding ``[tool.flwr.app]``)."""
-    root = Path(aggregator.__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[1]
     if not (root / "pyproject.toml").is_file():
         raise RuntimeError(
             f"{root} has no pyproject.toml: run the demo from a source checkout "
@@ -106,8 +110,11 @@ def _wait_for_backlogs(
             if not path.exists():
                 counts[site.site_id] = (0, 0)
                 continue
-            with LocalStore(path, readonly=True) as store:
-                counts[site.site_id] = (store.count_windows(), store.count_labels())
+            try:
+                with LocalStore(path, readonly=True) as store:
+                    counts[site.site_id] = (store.count_windows(), store.count_labels())
+            except StoreError:  # the agent has not initialised its store yet
+                counts[site.site_id] = (0, 0)
         done = all(
             counts[s.site_id][0] >= expected[s.site_id] and counts[s.site_id][1] >= len(s.assets)
             for s in opts.sites
@@ -238,11 +245,13 @@ def run_demo(opts: DemoOptions) -> int:
             "starting the run with `flwr run`"
         )
 
-        def on_line(line: str) -> None:
-            if "[ROUND" in line:
-                say("federation: " + line.split("INFO :")[-1].strip().strip("[]").lower())
-            elif "published as" in line or ("Received" in line and "failures" in line):
-                say("federation: " + line.split("INFO :")[-1].strip())
+        def on_line(raw: str) -> None:
+            line = _ANSI.sub("", raw).split(":", 1)[-1].strip()
+            if line.startswith("[ROUND"):
+                say("federation: " + line.strip("[]").lower())
+            elif "Received" in line and "failures" in line:
+                phase = "training" if line.startswith("aggregate_train") else "evaluation"
+                say(f"federation: {phase} replies: {line.split(': ', 1)[-1]}")
 
         code = federation.run(
             app_dir(),
@@ -293,7 +302,7 @@ def run_demo(opts: DemoOptions) -> int:
         summary["model_version"] = report.model_version
 
         health = watch.wait_for_version(
-            cards[-1].label,
+            cards[-1].version,
             [(s.site_id, a.asset_id) for s in opts.sites for a in s.assets],
             timeout_s=30,
         )
@@ -303,7 +312,7 @@ def run_demo(opts: DemoOptions) -> int:
                 f"  {site_id}/{asset_id:<11} {msg.get('state', '?'):<8} "
                 f"{msg.get('predicted_class', '?'):<11} "
                 f"p(failure)={msg.get('failure_probability', float('nan')):.2f} "
-                f"model {msg.get('model_version', '-')}"
+                f"model v{msg.get('model_version', '-')}"
             )
         summary["edge_health"] = {f"{k[0]}/{k[1]}": v.get("state") for k, v in health.items()}
         print()

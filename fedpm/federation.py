@@ -54,6 +54,17 @@ class LocalFederation:
         self.flwr_home = workdir / "flwr-home"
         self.port = free_port()
 
+    def env(self) -> dict[str, str]:
+        """Environment for Flower's processes: our FLWR_HOME, and the venv's scripts on PATH.
+
+        The SuperLink and SuperNodes start ``flower-superexec`` and ``flwr-*app`` by name.
+        """
+        scripts = str(Path(venv_bin("flwr")).parent)
+        return {
+            "FLWR_HOME": str(self.flwr_home),
+            "PATH": f"{scripts}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+
     def start(self, sites: list[SiteNode]) -> None:
         """Start the SuperLink, then a SuperNode per site."""
         self.flwr_home.mkdir(parents=True, exist_ok=True)
@@ -62,8 +73,8 @@ class LocalFederation:
             f'[superlink.{CONNECTION}]\naddress = "127.0.0.1:{self.port}"\ninsecure = true\n',
             encoding="utf-8",
         )
-        env = {"FLWR_HOME": str(self.flwr_home)}
-        self.group.start(
+        env = self.env()
+        superlink = self.group.start(
             "superlink",
             [
                 venv_bin("flower-superlink"),
@@ -77,7 +88,7 @@ class LocalFederation:
             env=env,
             cwd=self.workdir,
         )
-        wait_for_port("127.0.0.1", self.port, timeout_s=60)
+        wait_for_port("127.0.0.1", self.port, timeout_s=60, alive=superlink.alive)
         for site in sites:
             node_config = {"store-path": str(site.store_path), "site-id": site.site_id}
             self.group.start(
@@ -117,7 +128,7 @@ class LocalFederation:
             "--run-config",
             config_arg(run_config),
         ]
-        env = {"FLWR_HOME": str(self.flwr_home)}
+        env = self.env()
         log_path = self.workdir / "flwr-run.log"
         with (
             open(log_path, "a", encoding="utf-8") as log,

@@ -13,6 +13,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 HEALTH_FILTER = "fedpm/v1/+/+/health"
 
 
+def _version(message: dict[str, Any]) -> int | None:
+    """Registry version a health message names (``3``, ``"3"`` or ``"v3"``), if any."""
+    raw = str(message.get("model_version", "")).lstrip("v")
+    return int(raw) if raw.isdigit() else None
+
+
 class HealthWatch:
     """Keeps the latest health message per (site, asset)."""
 
@@ -52,14 +58,14 @@ class HealthWatch:
         self._client.loop_stop()
 
     def wait_for_version(
-        self, version: str, assets: list[tuple[str, str]], timeout_s: float
+        self, version: int, assets: list[tuple[str, str]], timeout_s: float
     ) -> dict[tuple[str, str], dict[str, Any]]:
         """Wait until every asset reported health from ``version``; return what was seen."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             with self._lock:
                 snapshot = dict(self.latest)
-            if all(snapshot.get(a, {}).get("model_version") == version for a in assets):
+            if all(_version(snapshot.get(a, {})) == version for a in assets):
                 return snapshot
             time.sleep(0.2)
         with self._lock:

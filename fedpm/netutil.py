@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Callable
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -14,10 +15,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-def wait_for_port(host: str, port: int, timeout_s: float = 15.0) -> None:
-    """Block until a TCP connection to ``host:port`` succeeds, or raise ``TimeoutError``."""
+def wait_for_port(
+    host: str, port: int, timeout_s: float = 15.0, alive: Callable[[], bool] | None = None
+) -> None:
+    """Block until a TCP connection to ``host:port`` succeeds, or raise ``TimeoutError``.
+
+    ``alive``, when given, is polled too: once it returns False, waiting stops at once.
+    """
     deadline = time.monotonic() + timeout_s
     while True:
+        if alive is not None and not alive():
+            raise TimeoutError(f"the process meant to listen on {host}:{port} has exited")
         try:
             with socket.create_connection((host, port), timeout=0.5):
                 return

@@ -20,7 +20,7 @@ class RunConfig:
     """Hyper-parameters of a federated run (see pyproject's ``[tool.flwr.app.config]``)."""
 
     num_server_rounds: int = 3
-    local_epochs: int = 1
+    local_epochs: int = 2
     batch_size: int = 32
     learning_rate: float = 1e-3
     min_sites: int = 2

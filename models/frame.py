@@ -29,7 +29,7 @@ import zlib
 from dataclasses import dataclass
 from fractions import Fraction
 from numbers import Real
-from typing import Any, Final, NoReturn, SupportsIndex
+from typing import Any, Final, NoReturn
 
 import numpy as np
 import numpy.typing as npt
@@ -82,7 +82,7 @@ def _check_name(value: object, what: str, reason: str) -> str:
 
 
 def _check_int(value: object, what: str, high: int) -> int:
-    if isinstance(value, bool | np.bool_) or not isinstance(value, SupportsIndex):
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
         _fail("bad_field", f"{what} must be an integer, got {type(value).__name__}")
     number = operator.index(value)
     if not 0 <= number <= high:
@@ -262,11 +262,9 @@ def frame_topic(site: str, asset_id: str, sensor_id: str) -> str:
     >>> frame_topic("plant-a", "pump-07", "acc-01")
     'fedpm/v1/plant-a/pump-07/acc-01/frames'
     """
-    parts = [
-        _check_name(v, k, "bad_id")
-        for k, v in (("site", site), ("asset_id", asset_id), ("sensor_id", sensor_id))
-    ]
-    return f"fedpm/v{FRAME_VERSION}/{'/'.join(parts)}/frames"
+    for what, part in (("site", site), ("asset_id", asset_id), ("sensor_id", sensor_id)):
+        _check_name(part, what, "bad_id")
+    return f"fedpm/v1/{site}/{asset_id}/{sensor_id}/frames"  # topic tree v1, not frame v1
 
 
 def encode_binary(frame: Frame) -> bytes:

@@ -93,7 +93,7 @@ class MachineProfile:
     broadband_rms_g : float
         RMS in g of the resonance response to random roughness (healthy broadband part).
     impulse_amplitude_g : float
-        Peak resonance response in g to one defect strike at severity 1 and unit load scale.
+        Peak resonance response in g (about) to one strike at severity 1 and unit load scale.
     load_scale : float
         Load-dependent multiplier of the strike amplitudes (1 at the reference load).
     rpm_jitter : float
@@ -122,6 +122,8 @@ class MachineProfile:
         _real("sample_rate_hz", self.sample_rate_hz, 1e-6)
         _real("resonance_hz", self.resonance_hz, 1e-6, self.sample_rate_hz / 2 * (1 - 1e-9))
         _real("resonance_damping", self.resonance_damping, 1e-6, 1 - 1e-6)
+        if not isinstance(self.shaft_harmonic_amplitudes, tuple | list):
+            raise SignalError("shaft_harmonic_amplitudes must be a tuple of amplitudes in g")
         for i, amplitude in enumerate(self.shaft_harmonic_amplitudes):
             _real(f"shaft_harmonic_amplitudes[{i}]", amplitude, 0.0)
         for name in ("noise_rms_g", "broadband_rms_g", "impulse_amplitude_g", "load_scale"):

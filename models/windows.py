@@ -7,7 +7,6 @@ from fractions import Fraction
 
 import numpy as np
 import numpy.typing as npt
-from scipy import signal
 
 from models.errors import SignalError
 
@@ -97,6 +96,8 @@ def resample(
     ratio = Fraction(fs_out / fs_in).limit_denominator(max_denominator)
     if abs(float(ratio) - fs_out / fs_in) > 1e-4 * fs_out / fs_in:
         raise SignalError(f"cannot resample {fs_in} Hz to {fs_out} Hz with a rational ratio")
+    from scipy import signal  # lazy: keeps the Flower ClientApp's start-up light
+
     y = signal.resample_poly(arr, ratio.numerator, ratio.denominator, axis=axis)
     return np.asarray(y, dtype=np.float32)
 

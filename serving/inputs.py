@@ -7,7 +7,6 @@ Pure functions, no I/O or logging. Every refusal raises a subclass of
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -22,6 +21,10 @@ STANDARD_GRAVITY = 9.80665
 
 G_PER_UNIT: dict[str, float] = {"g": 1.0, "m/s^2": 1.0 / STANDARD_GRAVITY}
 """Acceleration units the API accepts, with the number of g in one unit."""
+
+MAX_ABS_G = 1e6
+"""Largest sample magnitude accepted, in g: beyond any accelerometer, and far from overflowing
+the model's float32 arithmetic."""
 
 RESAMPLE_TOLERANCE_SAMPLES = 1.0
 """How far a resampled window's length may miss the model's before it is refused."""
@@ -101,9 +104,7 @@ def to_units(x: FloatArray, from_units: str, to_units: str) -> FloatArray:
     return x * (G_PER_UNIT[from_units] / G_PER_UNIT[to_units])
 
 
-def conform_rate(
-    x: FloatArray, sample_rate_hz: float, metadata: ModelMetadata
-) -> Float32Array:
+def conform_rate(x: FloatArray, sample_rate_hz: float, metadata: ModelMetadata) -> Float32Array:
     """Resample windows (..., samples) at ``sample_rate_hz`` onto the model's rate and length.
 
     Returns float32 windows of exactly ``metadata.window_samples`` samples.
@@ -130,8 +131,12 @@ def conform_rate(
             raise ShapeError(f"windows have {n_in} samples; the model takes {model_window}")
         return x.astype(np.float32)
     ratio = fs_model / sample_rate_hz
+    needed = n_model / ratio
+    if needed < 1:
+        raise ResampleError(
+            f"{sample_rate_hz:g} Hz is too low a sample rate for a model of {model_window}"
+        )
     if abs(n_in * ratio - n_model) > RESAMPLE_TOLERANCE_SAMPLES:
-        needed = n_model / ratio
         raise ResampleError(
             f"windows of {n_in} samples at {sample_rate_hz:g} Hz last "
             f"{1000 * n_in / sample_rate_hz:.4g} ms, but the model takes {model_window}; "
@@ -176,19 +181,20 @@ def prepare_batch(
         raise InvalidInputError(f"sample_rate_hz must be positive and finite: {sample_rate_hz}")
     x = stack_windows(windows)
     if not np.isfinite(x).all():
-        raise InvalidInputError(f"{_first_bad(x)} contains NaN or infinite samples")
+        raise InvalidInputError(f"{_first_bad(~np.isfinite(x))} contains NaN or infinite samples")
     if x.shape[1] != metadata.channels:
         raise ShapeError(
             f"windows have {x.shape[1]} channel(s); the model takes {metadata.channels}"
         )
-    batch = conform_rate(to_units(x, units, metadata.units), sample_rate_hz, metadata)
-    if not np.isfinite(batch).all():
+    x = to_units(x, units, metadata.units)
+    too_large = np.abs(x) > MAX_ABS_G / G_PER_UNIT[metadata.units]
+    if too_large.any():
         raise InvalidInputError(
-            f"{_first_bad(batch)} has samples beyond the float32 range after conversion"
+            f"{_first_bad(too_large)} has samples beyond ±{MAX_ABS_G:,.0f} g; check the units"
         )
-    return batch
+    return conform_rate(x, sample_rate_hz, metadata)
 
 
-def _first_bad(x: npt.NDArray[np.floating[Any]]) -> str:
-    bad = np.flatnonzero(~np.isfinite(x).reshape(x.shape[0], -1).all(axis=1))
-    return f"window {int(bad[0])}"
+def _first_bad(bad: npt.NDArray[np.bool_]) -> str:
+    index = np.flatnonzero(bad.reshape(bad.shape[0], -1).any(axis=1))[0]
+    return f"window {int(index)}"

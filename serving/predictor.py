@@ -12,6 +12,8 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from models.errors import ModelFormatError, RegistryError
 from models.metadata import NORMAL_CLASS, ModelMetadata
 from models.registry import FileRegistry, ModelCard
@@ -208,4 +210,8 @@ class Predictor:
             prediction = model.classifier.predict(batch)
         except ModelFormatError as exc:
             raise InvalidInputError(str(exc)) from exc
+        if not np.isfinite(prediction.probabilities).all():
+            raise InvalidInputError(
+                f"model {model.card.label} gave non-finite probabilities for these windows"
+            )
         return BatchResult(model=model, prediction=prediction)

@@ -1,0 +1,321 @@
+"""Ingest worker: MQTT frames and label events in, windows and labels into the local store.
+
+:class:`Ingestor` is the transport-free part (``handle(topic, payload)``: decode, validate,
+track sequences, window, store), so a file replay or a test can drive it without a broker.
+:func:`run_ingest` is the process entry point: a paho client with a persistent session
+(stable client id, ``clean_start=False``, a session expiry interval) whose ``on_message``
+calls the ingestor, in ``loop_forever`` on the process's main thread.
+
+The callback does little: decode (a view on the payload), one numpy concatenation per
+channel in the :class:`~models.windows.Windower`, and one SQLite transaction per frame. The
+QoS 1 acknowledgement follows the callback, so a frame is acknowledged only once stored; a
+store failure ends the process (exit 11) without acknowledging, and the broker redelivers
+the frame to the restarted agent, whose persisted sequence positions drop what it already has.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from edge_agent import topics
+from edge_agent.errors import EdgeAgentError, ExitCode, MessageRejected, StoreError
+from edge_agent.logs import Throttle, configure_logging
+from edge_agent.messages import LabelEvent
+from edge_agent.mqtt import connect, make_client, session_properties
+from edge_agent.settings import AgentSettings
+from edge_agent.store import LocalStore, SensorState
+from models.errors import FrameError
+from models.frame import Frame, decode
+from models.windows import Window, Windower
+
+logger = logging.getLogger(__name__)
+
+#: Reasons that are normal MQTT behaviour, logged at DEBUG rather than WARNING.
+QUIET_REASONS = frozenset({"duplicate"})
+
+
+class Ingestor:
+    """Turn frame and label messages of one site into store rows.
+
+    Parameters
+    ----------
+    store
+        The writable local store.
+    site_id
+        Only topics of this site are accepted.
+    window_samples
+        Samples per stored window (per channel).
+    log_interval_s
+        At most one warning per reject reason per interval.
+    """
+
+    def __init__(
+        self,
+        store: LocalStore,
+        site_id: str,
+        window_samples: int,
+        *,
+        log_interval_s: float = 10.0,
+    ) -> None:
+        self._store = store
+        self._site = site_id
+        self._window_samples = window_samples
+        self._windowers: dict[tuple[str, str, int], Windower] = {}
+        self._sensors: dict[tuple[str, str], SensorState] = store.sensor_states()
+        self._throttle = Throttle(log_interval_s)
+
+    def handle(self, topic: str, payload: bytes | bytearray) -> None:
+        """Process one message; a bad one is counted and logged, never raised.
+
+        Raises
+        ------
+        StoreError
+            The store could not be written (the message must not be acknowledged).
+        """
+        try:
+            if topic.endswith("/frames"):
+                self._frame(topic, payload)
+            elif topic.endswith("/labels"):
+                self._label(topic, payload)
+            else:
+                raise MessageRejected("bad_topic", f"unexpected topic {topic!r:.200}")
+        except MessageRejected as exc:
+            self._reject(exc.reason, str(exc), topic)
+        except StoreError:
+            raise
+        except Exception as exc:  # a bug must not turn one message into a crash loop
+            self._reject("internal_error", f"{type(exc).__name__}: {exc}", topic, exc_info=True)
+
+    def _frame(self, topic: str, payload: bytes | bytearray) -> None:
+        asset_id, sensor_id = topics.parse_frame_topic(topic, self._site)
+        try:
+            frame = decode(payload)
+        except FrameError as exc:
+            raise MessageRejected(exc.reason, str(exc)) from exc
+        if (frame.asset_id, frame.sensor_id) != (asset_id, sensor_id):
+            raise MessageRejected(
+                "topic_mismatch",
+                f"frame of {frame.asset_id}/{frame.sensor_id} on the topic of "
+                f"{asset_id}/{sensor_id}",
+            )
+        counters = self._track_sequence(frame)
+        samples = frame.samples_in_g()
+        completed: dict[int, list[Window]] = {}
+        for channel in range(frame.channels):
+            windower = self._windowers.get((asset_id, sensor_id, channel))
+            if windower is None:
+                windower = Windower(self._window_samples)
+                self._windowers[(asset_id, sensor_id, channel)] = windower
+            done = windower.push(samples[channel], frame.timestamp_ns, frame.sample_rate_hz)
+            if done:
+                completed[channel] = done
+        end_ns = frame.end_timestamp_ns()
+        self._store.record_frame(
+            asset_id, sensor_id, seq=frame.seq, end_ns=end_ns, windows=completed, counters=counters
+        )
+        self._sensors[(asset_id, sensor_id)] = SensorState(frame.seq, end_ns)
+
+    def _track_sequence(self, frame: Frame) -> dict[str, int]:
+        """Check ``frame.seq`` against the sensor's last one; return counters to add."""
+        key = (frame.asset_id, frame.sensor_id)
+        counters = {"frames": 1}
+        last = self._sensors.get(key)
+        if last is None:
+            return counters
+        if frame.seq == last.last_seq:
+            raise MessageRejected("duplicate", f"{key} seq {frame.seq} seen already")
+        if frame.seq < last.last_seq:
+            if frame.timestamp_ns < last.last_end_ns:
+                raise MessageRejected(
+                    "out_of_order", f"{key} seq {frame.seq} after {last.last_seq}"
+                )
+            counters["seq_restarts"] = 1  # the sensor restarted its counter
+            logger.info("sensor %s/%s restarted its sequence at %d", *key, frame.seq)
+            self._reset(key)
+        elif frame.seq > last.last_seq + 1:
+            counters["seq_gaps"] = 1
+            counters["frames_missing"] = frame.seq - last.last_seq - 1
+            self._reset(key)
+        return counters
+
+    def _reset(self, key: tuple[str, str]) -> None:
+        for (asset_id, sensor_id, _), windower in self._windowers.items():
+            if (asset_id, sensor_id) == key:
+                windower.reset()
+
+    def _label(self, topic: str, payload: bytes | bytearray) -> None:
+        asset_id = topics.parse_labels_topic(topic, self._site)
+        event = LabelEvent.parse(payload)
+        if event.asset_id != asset_id:
+            raise MessageRejected(
+                "label_topic_mismatch", f"label for {event.asset_id} on the topic of {asset_id}"
+            )
+        label_id = self._store.add_label(
+            event.asset_id,
+            event.label,
+            event.start_ns,
+            event.end_ns,
+            sensor_id=event.sensor_id,
+            source=event.source,
+        )
+        logger.info(
+            "label %d: %s %s [%d, %d] from %s",
+            label_id,
+            event.asset_id,
+            event.label,
+            event.start_ns,
+            event.end_ns,
+            event.source,
+        )
+
+    def _reject(self, reason: str, detail: str, topic: str, *, exc_info: bool = False) -> None:
+        self._store.add_rejects({reason: 1})
+        suppressed = self._throttle.allow(reason)
+        if suppressed is None:
+            return
+        level = logging.DEBUG if reason in QUIET_REASONS else logging.WARNING
+        logger.log(
+            level,
+            "rejected message on %.200s (%s): %s [%d similar suppressed]",
+            topic,
+            reason,
+            detail,
+            suppressed,
+            exc_info=exc_info,
+        )
+
+
+class IngestClient:
+    """The MQTT side of the ingest worker (paho, persistent session, ``loop_forever``)."""
+
+    def __init__(
+        self,
+        settings: AgentSettings,
+        ingestor: Ingestor,
+        on_ready: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._settings = settings
+        self._ingestor = ingestor
+        self._on_ready = on_ready
+        self._stopping = False
+        self._client = make_client(settings, settings.ingest_client_id)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+        self._client.on_subscribe = self._on_subscribe
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Any,
+    ) -> None:
+        if reason_code.is_failure:
+            logger.error("broker refused the connection: %s", reason_code)
+            return
+        site = self._settings.site_id
+        filters = [topics.frames_filter(site), topics.labels_filter(site)]
+        client.subscribe([(f, SubscribeOptions(qos=1)) for f in filters])
+        logger.info(
+            "connected to %s:%d (session present: %s); subscribed to %s",
+            self._settings.mqtt_host,
+            self._settings.mqtt_port,
+            flags.session_present,
+            filters,
+        )
+
+    def _on_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Any,
+    ) -> None:
+        refused = [str(rc) for rc in reason_codes if rc.is_failure]
+        if refused:
+            logger.error("broker refused our subscriptions: %s", refused)
+        else:
+            self._on_ready()
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Any,
+    ) -> None:
+        if not self._stopping:
+            logger.warning("lost the broker (%s); reconnecting", reason_code)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:
+            topic = "<not UTF-8>"
+        self._ingestor.handle(topic, msg.payload)
+
+    def run(self) -> None:
+        """Connect and process messages until :meth:`stop`."""
+        connected = connect(
+            self._client,
+            self._settings,
+            clean_start=False,
+            properties=session_properties(self._settings.session_expiry_s),
+            stop_requested=lambda: self._stopping,
+        )
+        if not connected:
+            return
+        if self._stopping:  # a stop that raced the connection
+            self._client.disconnect()
+        self._client.loop_forever(retry_first_connection=True)
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return (safe from a signal handler: disconnects off-thread)."""
+        self._stopping = True
+        threading.Thread(target=self._client.disconnect, name="ingest-stop", daemon=True).start()
+
+
+def ingest_main(settings: AgentSettings, on_ready: Callable[[], None] = lambda: None) -> ExitCode:
+    """Run the ingest worker until SIGTERM/SIGINT; return its exit code.
+
+    ``on_ready`` is called (from the MQTT thread) when the subscriptions are acknowledged.
+    """
+    try:
+        with LocalStore(settings.store_path) as store:
+            ingestor = Ingestor(store, settings.site_id, settings.window_samples)
+            client = IngestClient(settings, ingestor, on_ready)
+
+            def _on_signal(signum: int, frame: FrameType | None) -> None:
+                logger.info("ingest stopping (signal %d)", signum)
+                client.stop()
+
+            signal.signal(signal.SIGTERM, _on_signal)
+            signal.signal(signal.SIGINT, _on_signal)
+            client.run()
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a late second signal must not
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # interrupt the shutdown
+    except EdgeAgentError as exc:
+        logger.error("ingest failed: %s", exc)
+        return exc.exit_code
+    logger.info("ingest stopped")
+    return ExitCode.SUCCESS
+
+
+def run_ingest(settings: AgentSettings, on_ready: Callable[[], None] = lambda: None) -> None:
+    """Process entry point (``multiprocessing`` target): configure logging, run, exit."""
+    configure_logging(settings.log_level, json_lines=settings.log_json)
+    sys.exit(int(ingest_main(settings, on_ready)))

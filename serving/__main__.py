@@ -1,0 +1,94 @@
+"""Run the serving API: ``python -m serving --registry DIR --port N``.
+
+Options override the ``FEDPM_SERVE_*`` environment variables. Exit codes: 0 after a clean
+shutdown, 2 for bad command-line arguments, 40 for invalid settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import uvicorn
+from pydantic import ValidationError
+
+from serving.app import create_app
+from serving.settings import ServeSettings
+
+EXIT_OK = 0
+EXIT_BAD_SETTINGS = 40
+
+logger = logging.getLogger("serving")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per log record."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Render ``record`` as a JSON line."""
+        entry: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure_logging(settings: ServeSettings) -> None:
+    """Configure the root logger once for this process (uvicorn's loggers propagate to it)."""
+    handler = logging.StreamHandler(sys.stderr)
+    if settings.log_json:
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=settings.log_level, handlers=[handler], force=True)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m serving", description="FedPM failure-prediction REST API."
+    )
+    parser.add_argument("--registry", dest="registry_dir", help="model registry directory")
+    parser.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to bind (default 8000; 0 picks one)")
+    parser.add_argument("--onnx-threads", dest="onnx_threads", type=int)
+    parser.add_argument(
+        "--log-level", dest="log_level", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv``, configure logging and serve until interrupted; return the exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if v is not None}
+    try:
+        settings = ServeSettings(**overrides)
+    except ValidationError as exc:
+        parser.exit(EXIT_BAD_SETTINGS, f"invalid settings: {exc}\n")
+    configure_logging(settings)
+    logger.info(
+        "serving registry %s on http://%s:%d", settings.registry_dir, settings.host, settings.port
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        log_level=settings.log_level.lower(),
+        server_header=False,
+    )
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

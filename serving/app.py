@@ -1,0 +1,251 @@
+"""The failure-prediction REST API that ERP/CMMS systems call.
+
+Routes (operation ids in brackets stay stable for generated clients)::
+
+    POST /v1/predictions     [create_predictions]  classify windows of raw acceleration
+    GET  /v1/models/current  [get_current_model]   the served model's public card
+    GET  /health             [get_health]          liveness; says whether a model is loaded
+    GET  /ready              [get_ready]           200 once a verified model is loaded, else 503
+
+The model is loaded from the registry in the lifespan, never at import. Domain errors become
+HTTP errors here only: invalid input 422, too many windows 422, body too large 413, no model 503.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from functools import partial
+from importlib.metadata import PackageNotFoundError, version
+from typing import Annotated, Any
+
+import anyio.to_thread
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+
+from models.registry import FileRegistry
+from serving.errors import InvalidInputError, ModelNotLoadedError
+from serving.middleware import BodySizeLimitMiddleware
+from serving.predictor import LoadedModel, Predictor
+from serving.routing import JsonBodyRoute
+from serving.schemas import (
+    WINDOW_TAGS,
+    ErrorResponse,
+    FieldError,
+    HealthResponse,
+    ModelPublic,
+    PredictionRequest,
+    PredictionResponse,
+)
+from serving.settings import ServeSettings, get_settings
+
+logger = logging.getLogger(__name__)
+
+MAX_REPORTED_ERRORS = 20
+"""Validation errors listed in one response; a batch full of NaN would otherwise list all."""
+
+
+def _package_version() -> str:
+    try:
+        return version("fedpm")
+    except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "0.0.0"
+
+
+# --- dependencies ---------------------------------------------------------------------------
+
+
+def get_app_settings(request: Request) -> ServeSettings:
+    """The settings the application was created with."""
+    settings: ServeSettings = request.app.state.settings
+    return settings
+
+
+def get_predictor(request: Request) -> Predictor:
+    """The application's predictor (it may hold no model yet)."""
+    predictor: Predictor = request.app.state.predictor
+    return predictor
+
+
+SettingsDep = Annotated[ServeSettings, Depends(get_app_settings)]
+PredictorDep = Annotated[Predictor, Depends(get_predictor)]
+
+
+def get_loaded_model(predictor: PredictorDep) -> LoadedModel:
+    """The model now served; ``503`` when none is loaded."""
+    try:
+        return predictor.current()
+    except ModelNotLoadedError as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
+
+
+LoadedModelDep = Annotated[LoadedModel, Depends(get_loaded_model)]
+
+# --- routes ---------------------------------------------------------------------------------
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status.HTTP_503_SERVICE_UNAVAILABLE: {"model": ErrorResponse, "description": "No model"},
+}
+_INPUT_ERRORS: dict[int | str, dict[str, Any]] = {
+    **_ERRORS,
+    status.HTTP_413_CONTENT_TOO_LARGE: {"model": ErrorResponse, "description": "Body too large"},
+    status.HTTP_422_UNPROCESSABLE_CONTENT: {"model": ErrorResponse, "description": "Bad input"},
+}
+
+router = APIRouter(route_class=JsonBodyRoute)
+
+
+@router.post(
+    "/v1/predictions",
+    tags=["predictions"],
+    summary="Classify vibration windows",
+    responses=_INPUT_ERRORS,
+)
+def create_predictions(
+    payload: PredictionRequest, predictor: PredictorDep, settings: SettingsDep
+) -> PredictionResponse:
+    """Predict the failure class of each window with the current model.
+
+    Windows at another sample rate than the model's are resampled when they cover the same
+    duration; ``m/s^2`` samples are converted to ``g``. The response names the model version
+    and sha256 that answered.
+    """
+    limit = settings.max_windows_per_request
+    if len(payload.windows) > limit:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"{len(payload.windows)} windows in one request; the limit is {limit}."
+            " Split the batch into several requests.",
+        )
+    try:
+        result = predictor.predict(payload.windows, payload.sample_rate_hz, payload.units)
+    except ModelNotLoadedError as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
+    except InvalidInputError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+    return PredictionResponse.from_result(result, asset_id=payload.asset_id)
+
+
+@router.get(
+    "/v1/models/current",
+    tags=["models"],
+    summary="The model now served",
+    responses=_ERRORS,
+)
+def get_current_model(model: LoadedModelDep) -> ModelPublic:
+    """Return the public card of the model that answers predictions."""
+    return ModelPublic.from_card(model.card)
+
+
+@router.get("/health", tags=["health"], summary="Liveness")
+def get_health(predictor: PredictorDep) -> HealthResponse:
+    """Answer ``200`` while the process runs, and say whether a model is loaded."""
+    model = predictor.model
+    return HealthResponse(
+        status="ok",
+        model_loaded=model is not None,
+        model_version=None if model is None else model.card.label,
+    )
+
+
+@router.get("/ready", tags=["health"], summary="Readiness", responses=_ERRORS)
+def get_ready(model: LoadedModelDep) -> HealthResponse:
+    """Answer ``200`` once a verified model is loaded, ``503`` before."""
+    return HealthResponse(status="ready", model_loaded=True, model_version=model.card.label)
+
+
+# --- error bodies ---------------------------------------------------------------------------
+
+
+def _public_loc(loc: Sequence[Any]) -> list[str | int]:
+    parts = list(loc[1:] if loc and loc[0] == "body" else loc)
+    if len(parts) > 2 and parts[0] == "windows" and parts[2] in WINDOW_TAGS:
+        del parts[2]  # which window form pydantic tried ('windows', 3, 'single_channel', 17)
+    return parts
+
+
+def _loc_text(loc: Sequence[str | int]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else part
+    return text or "request body"
+
+
+_NOT_AN_OBJECT = frozenset({"model_type", "model_attributes_type", "dict_type"})
+
+
+def _describe(error: dict[str, Any]) -> tuple[list[str | int], str]:
+    kind = error.get("type")
+    if kind == "json_invalid":
+        reason = error.get("ctx", {}).get("error", "")
+        at = error["loc"][-1]
+        where = f" (at character {at})" if isinstance(at, int) and at > 0 else ""
+        return [], f"not valid JSON: {reason}{where}"
+    loc = _public_loc(error.get("loc", ()))
+    if not loc and kind in _NOT_AN_OBJECT:
+        return [], "must be a JSON object, sent with 'Content-Type: application/json'"
+    msg = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+    return loc, msg
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    """422 body for a request that fails schema validation, without echoing the input."""
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    fields = []
+    for error in errors[:MAX_REPORTED_ERRORS]:
+        loc, msg = _describe(error)
+        fields.append(FieldError(loc=loc, msg=msg, type=str(error.get("type", "value_error"))))
+    if fields:
+        detail = f"{_loc_text(fields[0].loc)}: {fields[0].msg}"
+        if len(errors) > 1:
+            detail += f" (and {len(errors) - 1} more problem(s))"
+    else:
+        detail = "invalid request"
+    body = ErrorResponse(detail=detail, errors=fields)
+    return JSONResponse(body.model_dump(), status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+
+# --- factory --------------------------------------------------------------------------------
+
+
+def _operation_id(route: APIRoute) -> str:
+    return route.name
+
+
+def create_app(settings: ServeSettings | None = None) -> FastAPI:
+    """Build the API; the model is loaded when the application starts (lifespan).
+
+    Parameters
+    ----------
+    settings
+        Settings to use; ``None`` reads them from the environment (:func:`get_settings`).
+    """
+    settings = settings or get_settings()
+    predictor = Predictor()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        registry = FileRegistry(settings.registry_dir)
+        load = partial(predictor.reload, registry, onnx_threads=settings.onnx_threads)
+        try:
+            await anyio.to_thread.run_sync(load)
+        except ModelNotLoadedError as exc:
+            logger.warning("starting without a model, not ready: %s", exc)
+        yield
+
+    app = FastAPI(
+        title="FedPM failure prediction",
+        version=_package_version(),
+        summary="Failure-class predictions from raw vibration windows, for ERP/CMMS systems.",
+        lifespan=lifespan,
+        generate_unique_id_function=_operation_id,
+    )
+    app.state.settings = settings
+    app.state.predictor = predictor
+    app.include_router(router)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    return app

@@ -1,0 +1,94 @@
+"""Health, readiness, model card and OpenAPI contract of the serving API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from models.registry import FileRegistry, sha256_hex
+
+
+def test_health_reports_loaded_model(client):
+    # Execute
+    response = client.get("/health")
+
+    # Assert
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "model_loaded": True, "model_version": "v1"}
+
+
+def test_ready_once_model_loaded(client):
+    # Execute
+    response = client.get("/ready")
+
+    # Assert
+    assert response.status_code == 200
+    assert response.json()["model_version"] == "v1"
+
+
+def test_current_model_is_public_card(client, served_registry: Path):
+    # Prepare
+    card = FileRegistry(served_registry).card(1)
+
+    # Execute
+    response = client.get("/v1/models/current")
+
+    # Assert
+    assert response.status_code == 200
+    body = response.json()
+    assert body == {
+        "version": "v1",
+        "created_at": card.created_at,
+        "sha256": card.sha256,
+        "run_id": "run-test",
+        "server_round": 3,
+        "sites": ["site-a", "site-b"],
+        "metrics": {"accuracy": 0.53},
+        "site_metrics": {"site-a": {"accuracy": 0.5}, "site-b": {"accuracy": 0.6}},
+        "class_names": ["normal", "inner_race", "outer_race", "ball"],
+        "sample_rate_hz": 12000.0,
+        "window_samples": 2048,
+        "channels": 1,
+        "units": "g",
+    }
+    model_file = served_registry / "versions" / "000001" / "model.onnx"
+    assert body["sha256"] == sha256_hex(model_file.read_bytes())
+
+
+def test_empty_registry_is_live_but_not_ready(tmp_path: Path, make_client, window):
+    # Prepare
+    client = make_client(tmp_path / "empty-registry")
+
+    # Execute
+    health = client.get("/health")
+    ready = client.get("/ready")
+    current = client.get("/v1/models/current")
+    predicted = client.post(
+        "/v1/predictions", json={"sample_rate_hz": 12000, "windows": [window()]}
+    )
+
+    # Assert
+    assert health.status_code == 200
+    assert health.json() == {"status": "ok", "model_loaded": False, "model_version": None}
+    for response in (ready, current, predicted):
+        assert response.status_code == 503
+        assert "no verified model is loaded" in response.json()["detail"]
+
+
+def test_operation_ids_are_stable(client):
+    # Execute
+    spec = client.get("/openapi.json").json()
+
+    # Assert
+    operations = {
+        (path, method): op["operationId"]
+        for path, item in spec["paths"].items()
+        for method, op in item.items()
+    }
+    assert operations == {
+        ("/v1/predictions", "post"): "create_predictions",
+        ("/v1/models/current", "get"): "get_current_model",
+        ("/health", "get"): "get_health",
+        ("/ready", "get"): "get_ready",
+    }
+    responses = spec["paths"]["/v1/predictions"]["post"]["responses"]
+    assert {"200", "413", "422", "503"} <= set(responses)

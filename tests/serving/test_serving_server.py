@@ -1,0 +1,110 @@
+"""The real server: ``python -m serving`` in a child process, called over loopback HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def server(served_registry: Path, tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen]]:
+    port = _free_port()
+    env = {**os.environ, "FEDPM_SERVE_MAX_BODY_BYTES": str(64 * 1024)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "serving", "--registry", str(served_registry), "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited with {proc.returncode}:\n{proc.stdout.read()}")
+            try:
+                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("server did not answer /health within 30 s")
+            time.sleep(0.1)
+        yield base, proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        proc.stdout.close()
+
+
+@pytest.mark.integration
+def test_server_answers_over_http(server, served_registry: Path):
+    # Prepare
+    base, proc = server
+    samples = [round(0.01 * ((i * 37) % 101 - 50), 2) for i in range(2048)]
+
+    with httpx.Client(base_url=base, timeout=10) as http:
+        # Execute
+        ready = http.get("/ready")
+        current = http.get("/v1/models/current")
+        predicted = http.post(
+            "/v1/predictions", json={"sample_rate_hz": 12000, "windows": [samples, samples]}
+        )
+        invalid = http.post("/v1/predictions", json={"sample_rate_hz": 12000, "windows": []})
+        too_large = http.post(
+            "/v1/predictions", json={"sample_rate_hz": 12000, "windows": [samples] * 10}
+        )
+
+    # Assert
+    assert ready.status_code == 200
+    assert current.json()["version"] == "v1"
+    assert predicted.status_code == 200
+    body = predicted.json()
+    assert body["model_version"] == "v1"
+    assert body["model_sha256"] == current.json()["sha256"]
+    assert len(body["predictions"]) == 2
+    assert invalid.status_code == 422
+    assert too_large.status_code == 413
+    assert "limit of 65536 bytes" in too_large.json()["detail"]
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=10) == 0
+
+
+def test_serving_imports_no_other_role_and_no_torch():
+    # Prepare
+    code = (
+        "import sys, serving.app, serving.__main__\n"
+        "bad = sorted(m for m in sys.modules\n"
+        "             if m.split('.')[0] in {'edge_agent', 'aggregator', 'fedpm', 'torch'})\n"
+        "assert not bad, bad\n"
+    )
+
+    # Execute
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+
+    # Assert
+    assert result.returncode == 0, result.stderr
