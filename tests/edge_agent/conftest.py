@@ -70,7 +70,7 @@ def mqtt_probe(broker: MosquittoBroker) -> Iterator[Callable[[], MqttProbe]]:
 
         def on_message(c: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
             with probe.lock:
-                probe.messages.append(Received(msg.topic, msg.payload, bool(msg.retain)))
+                probe.messages.append(Received(msg.topic, bytes(msg.payload), bool(msg.retain)))
 
         client.on_message = on_message
         client.connect(broker.host, broker.port)

@@ -260,16 +260,9 @@ def test_unusable_store_exits_with_the_store_code(tmp_path: Path) -> None:
     (tmp_path / "store-dir").mkdir()
 
     # Execute
+    store_dir = str(tmp_path / "store-dir")
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "edge_agent",
-            "--site",
-            SITE,
-            "--store",
-            str(tmp_path / "store-dir"),
-        ],
+        [sys.executable, "-m", "edge_agent", "--site", SITE, "--store", store_dir],
         capture_output=True,
         timeout=30,
         check=False,
@@ -279,7 +272,7 @@ def test_unusable_store_exits_with_the_store_code(tmp_path: Path) -> None:
     assert done.returncode == ExitCode.STORE_ERROR, done.stderr
 
 
-def test_a_dead_worker_stops_the_agent_and_leaves_the_will(
+def test_a_dead_worker_stops_the_agent_which_goes_offline(
     broker: MosquittoBroker,
     mqtt_probe: Callable[[], MqttProbe],
     start_agent: Callable[..., AgentProcess],
@@ -289,7 +282,9 @@ def test_a_dead_worker_stops_the_agent_and_leaves_the_will(
     probe = mqtt_probe()
     agent = start_agent(*agent_flags(broker, tmp_path / "store.sqlite"))
     wait_online(probe, agent)
-    pid = int(re.search(r"ingest \(pid (\d+)\)", agent.log()).group(1))  # type: ignore[union-attr]
+    found = re.search(r"ingest \(pid (\d+)\)", agent.log())
+    assert found is not None
+    pid = int(found.group(1))
 
     # Execute
     os.kill(pid, signal.SIGKILL)
@@ -298,3 +293,27 @@ def test_a_dead_worker_stops_the_agent_and_leaves_the_will(
     # Assert
     assert code == ExitCode.WORKER_FAILED, agent.log()
     wait_until(lambda: probe.received(STATUS)[-1].payload == b"offline", 10, "offline")
+
+
+def test_a_killed_agent_leaves_its_will(
+    broker: MosquittoBroker,
+    mqtt_probe: Callable[[], MqttProbe],
+    start_agent: Callable[..., AgentProcess],
+    tmp_path: Path,
+) -> None:
+    # Prepare
+    probe = mqtt_probe()
+    agent = start_agent(*agent_flags(broker, tmp_path / "store.sqlite"))
+    wait_online(probe, agent)
+
+    # Execute: no clean shutdown at all (the agent runs in its own process group)
+    os.killpg(agent.proc.pid, signal.SIGKILL)
+    agent.proc.wait(10)
+
+    # Assert: the broker publishes the last will, retained
+    wait_until(lambda: probe.received(STATUS)[-1].payload == b"offline", 10, "will")
+    late = mqtt_probe()
+    late.subscribe(STATUS)
+    wait_until(lambda: bool(late.received(STATUS)), 10, "retained status")
+    assert late.received(STATUS)[0].payload == b"offline"
+    assert late.received(STATUS)[0].retain is True

@@ -142,7 +142,7 @@ def test_scorer_resamples_windows_and_tracks_assets_apart(
 
     # Assert
     assert store.count_scores() == 4
-    by_asset = {}
+    by_asset: dict[str, list[dict[str, object]]] = {}
     for topic, payload in sink.messages:
         by_asset.setdefault(topic.split("/")[3], []).append(json.loads(payload))
     assert sorted(by_asset) == ["pump-1", "pump-2"]

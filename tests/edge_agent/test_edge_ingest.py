@@ -12,7 +12,7 @@ from edge_helpers import FS_HZ, T0_NS, cwru_or_synthetic, make_frames, with_nan_
 
 from edge_agent.ingest import Ingestor
 from edge_agent.store import LocalStore
-from models.frame import G_MS2, encode_binary, encode_json, frame_topic
+from models.frame import G_MS2, Frame, encode_binary, encode_json, frame_topic
 
 SITE = "plant-a"
 WINDOW = 2048
@@ -250,7 +250,7 @@ def test_a_bug_on_one_message_does_not_stop_ingestion(
     calls = {"n": 0}
     real = ingestor._track_sequence
 
-    def flaky(frame):  # type: ignore[no-untyped-def]
+    def flaky(frame: Frame) -> dict[str, int]:
         calls["n"] += 1
         if calls["n"] == 1:
             raise ZeroDivisionError("boom")

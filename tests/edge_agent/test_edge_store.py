@@ -22,7 +22,9 @@ N = 2048
 WIN_NS = round(N * 1e9 / FS)  # 170_666_667 ns
 
 
-def windows(count: int, *, t0: int = 0, fs: float = FS, n: int = N, value: float = 0.0) -> list:
+def windows(
+    count: int, *, t0: int = 0, fs: float = FS, n: int = N, value: float = 0.0
+) -> list[Window]:
     step = round(n * 1e9 / fs)
     return [
         Window(t0 + i * step, fs, np.full(n, value + i, dtype=np.float32)) for i in range(count)

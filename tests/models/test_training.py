@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +16,12 @@ import torch
 from models.errors import SignalError
 from models.fl_config import DEFAULT_CLASSES, RunConfig
 from models.network import WDCNN, NetworkConfig, build_model
-from models.simulator import MachineProfile, simulate
+from models.simulator import FaultMode, MachineProfile, simulate
 from models.training import evaluate, time_split, train
 from models.windows import windows_from_record
 
 WINDOW = 512  # short windows keep the CPU tests fast; the network is length-agnostic
-CLASSES = ("normal", "outer_race")
+CLASSES: tuple[FaultMode, ...] = ("normal", "outer_race")
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 
 
@@ -30,7 +32,7 @@ def simulated_windows(
     rng = np.random.default_rng(seed)
     xs, ys = [], []
     for label, mode in enumerate(CLASSES):
-        record = simulate(MachineProfile(), mode, 1.0, per_class * WINDOW, rng)  # type: ignore[arg-type]
+        record = simulate(MachineProfile(), mode, 1.0, per_class * WINDOW, rng)
         xs.append(windows_from_record(record, WINDOW)[:, np.newaxis, :])
         ys.append(np.full(per_class, label, dtype=np.int64))
     return np.concatenate(xs), np.concatenate(ys)
@@ -38,6 +40,14 @@ def simulated_windows(
 
 def small_net(seed: int = 0) -> WDCNN:
     return build_model(NetworkConfig(n_classes=len(CLASSES), window_samples=WINDOW), seed=seed)
+
+
+@contextmanager
+def global_seed(seed: int) -> Iterator[None]:
+    """Fix torch's global generator (dropout draws from it; see the xfail below)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        yield
 
 
 def parameters(net: WDCNN) -> torch.Tensor:
@@ -107,10 +117,11 @@ def test_training_separates_healthy_from_outer_race_windows() -> None:
     before = evaluate(net, x_test, y_test, CLASSES)
 
     # Execute
-    fits = [
-        train(net, x, y, epochs=1, batch_size=16, learning_rate=3e-3, seed=epoch)
-        for epoch in range(6)
-    ]
+    with global_seed(0):
+        fits = [
+            train(net, x, y, epochs=1, batch_size=16, learning_rate=3e-3, seed=epoch)
+            for epoch in range(6)
+        ]
     after = evaluate(net, x_test, y_test, CLASSES)
 
     # Assert
@@ -149,8 +160,10 @@ def test_proximal_term_keeps_weights_near_the_start() -> None:
     start = parameters(free)
 
     # Execute
-    train(free, x, y, epochs=2, batch_size=8, learning_rate=1e-2, seed=1)
-    train(held, x, y, epochs=2, batch_size=8, learning_rate=1e-2, seed=1, proximal_mu=100.0)
+    with global_seed(0):
+        train(free, x, y, epochs=2, batch_size=8, learning_rate=1e-2, seed=1)
+    with global_seed(0):
+        train(held, x, y, epochs=2, batch_size=8, learning_rate=1e-2, seed=1, proximal_mu=100.0)
 
     # Assert
     drift_free = float((parameters(free) - start).norm())
