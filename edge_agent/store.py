@@ -27,98 +27,33 @@ import sqlite3
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from edge_agent.errors import SchemaError, StoreError
+from edge_agent.records import (
+    LE_F32,
+    FloatArray,
+    LabelledWindows,
+    Score,
+    SensorState,
+    StoredWindow,
+    conform,
+    to_blob,
+    window_from_row,
+)
 from edge_agent.schema import MIGRATIONS, SCHEMA_VERSION, seq_from_db, seq_to_db
 from models.errors import SignalError
-from models.windows import Window, fit_length, resample
+from models.windows import Window
+
+__all__ = ["LabelledWindows", "LocalStore", "Score", "SensorState", "StoredWindow", "conform"]
 
 logger = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 10_000
-_LE_F32 = np.dtype("<f4")
-
-FloatArray = npt.NDArray[np.float32]
-IntArray = npt.NDArray[np.int64]
-
-
-def conform(samples: FloatArray, fs_in: float, fs_out: float, n: int) -> FloatArray:
-    """Resample one window from ``fs_in`` to ``fs_out`` Hz and crop or zero-pad it to ``n``.
-
-    Raises
-    ------
-    models.errors.SignalError
-        The two rates have no usable rational ratio.
-    """
-    x = samples if fs_in == fs_out else resample(samples, fs_in, fs_out)
-    return fit_length(np.asarray(x, dtype=np.float32), n)
-
-
-@dataclass(frozen=True)
-class StoredWindow:
-    """One stored window of one channel, samples in g."""
-
-    id: int
-    asset_id: str
-    sensor_id: str
-    channel: int
-    start_ns: int
-    end_ns: int
-    sample_rate_hz: float
-    samples: FloatArray = field(repr=False)
-
-
-@dataclass(frozen=True)
-class Score:
-    """One model's verdict on one window."""
-
-    window_id: int
-    model_version: int
-    predicted: str
-    failure_probability: float
-    probabilities: Mapping[str, float]
-    scored_ns: int
-
-
-@dataclass(frozen=True)
-class SensorState:
-    """Where a sensor's frame sequence stood after the last stored frame."""
-
-    last_seq: int
-    last_end_ns: int
-
-
-@dataclass(frozen=True)
-class LabelledWindows:
-    """Training data: labelled windows conformed to one rate and length.
-
-    ``x`` is (n, 1, window_samples) float32 in g, ``y`` the class index, ``group`` one id per
-    (label event, sensor, channel) for time-ordered splits, ``start_ns`` each window's start.
-    """
-
-    x: FloatArray
-    y: IntArray
-    group: IntArray
-    start_ns: IntArray
-
-    def __len__(self) -> int:
-        return int(self.y.shape[0])
-
-
-def _blob(samples: npt.ArrayLike) -> bytes:
-    return np.ascontiguousarray(samples, dtype=_LE_F32).reshape(-1).tobytes()
-
-
-def _row_to_window(row: tuple[Any, ...]) -> StoredWindow:
-    samples = np.frombuffer(row[7], dtype=_LE_F32).astype(np.float32)
-    return StoredWindow(row[0], row[1], row[2], row[3], row[4], row[5], row[6], samples)
 
 
 def _statements(script: str) -> Iterator[str]:
@@ -287,7 +222,7 @@ class LocalStore:
                         w.end_ns,
                         w.sample_rate_hz,
                         len(w.samples),
-                        _blob(w.samples),
+                        to_blob(w.samples),
                         now,
                     ),
                 )
@@ -303,7 +238,7 @@ class LocalStore:
                 " (SELECT 1 FROM scores AS s WHERE s.window_id = w.id) ORDER BY id LIMIT ?",
                 (after_id, limit),
             ).fetchall()
-        return [_row_to_window(row) for row in rows]
+        return [window_from_row(row) for row in rows]
 
     def count_windows(self) -> int:
         """Number of stored windows."""
@@ -391,7 +326,7 @@ class LocalStore:
                 skipped += 1
                 continue
             _, sensor_id, channel, start_ns, fs, blob, label_id, label = found[0]
-            raw = np.frombuffer(blob, dtype=_LE_F32).astype(np.float32)
+            raw = np.frombuffer(blob, dtype=LE_F32).astype(np.float32)
             try:
                 xs.append(conform(raw, fs, sample_rate_hz, window_samples))
             except SignalError:

@@ -6,6 +6,7 @@ ServerApp and the ClientApp parse it here so they cannot disagree about a defaul
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
@@ -42,6 +43,16 @@ class RunConfig:
             raise SignalError("min-sites >= 1 and fraction-train in (0, 1]")
         if not 0 < self.eval_fraction < 1:
             raise SignalError(f"eval-fraction must be in (0, 1), got {self.eval_fraction}")
+        if not math.isfinite(self.sample_rate_hz) or self.sample_rate_hz <= 0:
+            raise SignalError(f"sample-rate-hz must be positive, got {self.sample_rate_hz}")
+        if not math.isfinite(self.round_timeout_s) or self.round_timeout_s <= 0:
+            raise SignalError(f"round-timeout-s must be positive, got {self.round_timeout_s}")
+        names = self.class_names
+        if len(names) < 2 or len(set(names)) != len(names):
+            raise SignalError(f"class-names needs two or more distinct names, got {names}")
+        if "normal" in names and names[0] != "normal":
+            raise SignalError("class-names must list 'normal' first")
+        self.network  # noqa: B018 - validates window-samples against the network's limits
 
     @property
     def network(self) -> NetworkConfig:

@@ -29,7 +29,7 @@ class NetworkConfig:
     n_classes
         Number of output classes.
     window_samples
-        Samples per window the model is trained for (at least 256).
+        Samples per window the model is trained for (at least 512).
     embedding_dim
         Width of the embedding returned next to the logits.
     """
@@ -42,8 +42,8 @@ class NetworkConfig:
     def __post_init__(self) -> None:
         if self.in_channels < 1 or self.n_classes < 2:
             raise SignalError("need in_channels >= 1 and n_classes >= 2")
-        if self.window_samples < 256:
-            raise SignalError(f"window_samples must be >= 256, got {self.window_samples}")
+        if self.window_samples < 512:  # five stride-16/pool-2 stages need >= 496 samples
+            raise SignalError(f"window_samples must be >= 512, got {self.window_samples}")
         if self.embedding_dim < 8:
             raise SignalError(f"embedding_dim must be >= 8, got {self.embedding_dim}")
 
@@ -59,8 +59,9 @@ class WindowStandardise(nn.Module):
         """Standardise ``x`` of shape (batch, channels, samples)."""
         mean = x.mean(dim=-1, keepdim=True)
         centred = x - mean
-        std = torch.sqrt((centred * centred).mean(dim=-1, keepdim=True) + self.eps)
-        return centred / std
+        # clamp, not add: adding eps to the variance broke gain invariance for quiet signals
+        var = (centred * centred).mean(dim=-1, keepdim=True).clamp_min(self.eps * self.eps)
+        return centred / torch.sqrt(var)
 
 
 def _block(c_in: int, c_out: int, kernel: int, stride: int = 1) -> nn.Sequential:

@@ -10,6 +10,7 @@ from pathlib import Path
 import onnx
 import torch
 
+from models.errors import ModelFormatError
 from models.metadata import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, ModelMetadata, Provenance
 from models.network import WDCNN, InferenceWrapper
 
@@ -26,7 +27,9 @@ def metadata_for(
     """Build the metadata describing ``net``'s input contract."""
     cfg = net.config
     if len(class_names) != cfg.n_classes:
-        raise ValueError(f"{len(class_names)} class names for a {cfg.n_classes}-class network")
+        raise ModelFormatError(
+            f"{len(class_names)} class names for a {cfg.n_classes}-class network"
+        )
     if not provenance.created_at:
         provenance = provenance.model_copy(
             update={"created_at": datetime.now(UTC).isoformat(timespec="seconds")}
@@ -50,13 +53,13 @@ def export_onnx(net: WDCNN, metadata: ModelMetadata) -> bytes:
     """
     cfg = net.config
     if (cfg.in_channels, cfg.window_samples) != (metadata.channels, metadata.window_samples):
-        raise ValueError("metadata does not match the network's input shape")
+        raise ModelFormatError("metadata does not match the network's input shape")
     was_training = net.training
     net.eval()
     wrapper = InferenceWrapper(net).eval()
     example = torch.zeros(1, cfg.in_channels, cfg.window_samples)
+    tmp = tempfile.TemporaryDirectory(prefix="fedpm-export-")
     try:
-        tmp = tempfile.TemporaryDirectory(prefix="fedpm-export-")
         with warnings.catch_warnings():
             # The TorchScript exporter is deprecated but needs no onnxscript; see docs.
             warnings.simplefilter("ignore", DeprecationWarning)

@@ -32,7 +32,14 @@ class EvalResult:
     per_class_accuracy: dict[str, float]
 
 
-def _check(x: npt.NDArray[np.float32], y: npt.NDArray[np.int64], net: WDCNN) -> None:
+def _check(
+    x: npt.NDArray[np.float32], y: npt.NDArray[np.int64], net: WDCNN
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    """Validate shapes and labels; return the arrays as float32 windows and int64 labels."""
+    x = np.asarray(x)
+    y = np.asarray(y)
+    if not np.issubdtype(x.dtype, np.floating) or not np.issubdtype(y.dtype, np.integer):
+        raise SignalError(f"windows must be floats and labels integers, got {x.dtype}/{y.dtype}")
     if x.ndim != 3 or x.shape[0] != y.shape[0]:
         raise SignalError(f"windows {x.shape} and labels {y.shape} do not line up")
     if x.shape[1:] != (net.config.in_channels, net.config.window_samples):
@@ -42,6 +49,7 @@ def _check(x: npt.NDArray[np.float32], y: npt.NDArray[np.int64], net: WDCNN) -> 
         )
     if len(y) and (y.min() < 0 or y.max() >= net.config.n_classes):
         raise SignalError("label index out of range")
+    return np.ascontiguousarray(x, dtype=np.float32), y.astype(np.int64, copy=False)
 
 
 def train(
@@ -59,9 +67,24 @@ def train(
 
     ``proximal_mu > 0`` adds FedProx's proximal term against the starting weights.
     """
-    _check(x, y, net)
-    if len(y) == 0:
-        raise SignalError("no training windows")
+    x, y = _check(x, y, net)
+    if len(y) < 2 or batch_size < 2:
+        raise SignalError("training needs at least two windows and batch_size >= 2 (BatchNorm)")
+    with torch.random.fork_rng():  # dropout draws from the global generator: seed it too
+        torch.manual_seed(seed)
+        return _train(net, x, y, epochs, batch_size, learning_rate, seed, proximal_mu)
+
+
+def _train(
+    net: WDCNN,
+    x: npt.NDArray[np.float32],
+    y: npt.NDArray[np.int64],
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int,
+    proximal_mu: float,
+) -> FitResult:
     gen = torch.Generator().manual_seed(seed)
     xt, yt = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y)
     opt = torch.optim.Adam(net.parameters(), lr=learning_rate)
@@ -102,7 +125,7 @@ def evaluate(
     batch_size: int = 256,
 ) -> EvalResult:
     """Cross-entropy loss and accuracy of ``net`` on labelled windows."""
-    _check(x, y, net)
+    x, y = _check(x, y, net)
     net.eval()
     if len(y) == 0:
         return EvalResult(float("nan"), float("nan"), 0, {})

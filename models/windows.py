@@ -45,7 +45,7 @@ class Windower:
     def __post_init__(self) -> None:
         if self.window_samples < 1:
             raise SignalError("window_samples must be >= 1")
-        hop = self.hop_samples or self.window_samples
+        hop = self.window_samples if self.hop_samples is None else self.hop_samples
         if not 1 <= hop <= self.window_samples:
             raise SignalError("hop_samples must be in [1, window_samples]")
         self.hop_samples = hop
@@ -120,7 +120,7 @@ def windows_from_record(
 ) -> FloatArray:
     """Slice a 1-D record into windows shaped (n_windows, window_samples)."""
     arr = np.asarray(x, dtype=np.float32).reshape(-1)
-    hop = hop_samples or window_samples
+    hop = window_samples if hop_samples is None else hop_samples
     if window_samples < 1 or hop < 1:
         raise SignalError("window and hop must be >= 1")
     if len(arr) < window_samples:

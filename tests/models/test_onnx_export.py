@@ -19,7 +19,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from models.errors import ModelFormatError
+from models.errors import ModelFormatError, SignalError
 from models.metadata import METADATA_KEY, ModelMetadata, Provenance
 from models.network import WDCNN, InferenceWrapper, NetworkConfig, build_model
 from models.onnx_export import export_onnx, metadata_for
@@ -309,13 +309,6 @@ def test_probabilities_do_not_depend_on_sensor_gain(
     assert max_abs_diff(scaled, base) <= TOL
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "WindowStandardise adds eps=1e-6 to the variance (g^2): CWRU healthy windows "
-        "(std ~0.07 g) shift by ~1e-4 at gain 10 and by ~0.3 at gain 0.01"
-    ),
-)
 def test_probabilities_do_not_depend_on_sensor_gain_for_real_windows(
     exported: Exported, real_windows: FloatArray
 ) -> None:
@@ -474,21 +467,13 @@ def test_prediction_names_classes_and_failure_probability(exported: Exported) ->
     np.testing.assert_array_equal(pred.failure_probability("healthy"), np.ones(4, np.float32))
 
 
-@pytest.mark.parametrize(
-    "window",
-    [
-        pytest.param(
-            256,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="NetworkConfig accepts window_samples >= 256, but the five pooling "
-                "blocks need >= 496 samples",
-            ),
-        ),
-        496,
-        1024,
-    ],
-)
+def test_too_short_windows_are_refused_up_front() -> None:
+    # Execute / Assert
+    with pytest.raises(SignalError, match="512"):
+        NetworkConfig(window_samples=496)
+
+
+@pytest.mark.parametrize("window", [512, 1024, 4096])
 def test_every_accepted_window_length_runs(window: int) -> None:
     # Prepare
     net = build_model(NetworkConfig(window_samples=window), seed=2).eval()
