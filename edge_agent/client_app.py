@@ -13,6 +13,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from edge_agent.errors import StoreError
 from edge_agent.store import LabelledWindows, LocalStore
 from models.fl_config import RunConfig
 from models.network import WDCNN, build_model, reset_norm_statistics
@@ -34,7 +35,11 @@ def _local_data(context: Context, cfg: RunConfig) -> tuple[LabelledWindows, np.n
             "node config has no 'store-path': start the SuperNode with "
             "--node-config \"store-path='/path/to/store.db' site-id='...'\""
         )
-    with LocalStore(str(path), readonly=True) as store:
+    try:
+        store = LocalStore(str(path), readonly=True)
+    except StoreError as exc:
+        raise ValueError(f"site store unusable: {exc}") from exc
+    with store:
         data = store.labelled_windows(cfg.class_names, cfg.sample_rate_hz, cfg.window_samples)
     if len(data.y) == 0:
         raise ValueError(f"store {path} holds no labelled windows yet")
@@ -44,7 +49,7 @@ def _local_data(context: Context, cfg: RunConfig) -> tuple[LabelledWindows, np.n
 
 def _model(msg: Message, cfg: RunConfig) -> WDCNN:
     net = build_model(cfg.network)
-    net.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    net.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
     return net
 
 
@@ -56,7 +61,7 @@ def train_handler(msg: Message, context: Context) -> Message:
     data, train_idx, _ = _local_data(context, cfg)
     net = _model(msg, cfg)
     reset_norm_statistics(net)
-    server_round = int(msg.content["config"].get("server-round", 0))
+    server_round = int(str(msg.content.config_records["config"].get("server-round", 0)))
     result = train(
         net,
         data.x[train_idx],
