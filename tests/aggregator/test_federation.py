@@ -4,42 +4,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from edge_agent.store import LocalStore
 from fedpm.demo import app_dir
 from fedpm.federation import LocalFederation, SiteNode
 from fedpm.procs import ProcessGroup
+from fedpm.seed_store import seed_store
 from models.registry import FileRegistry
 from models.runtime import OnnxClassifier
-from models.simulator import BearingSignalStream, MachineProfile
-from models.windows import Window, windows_from_record
+from models.simulator import MachineProfile
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
-FS = 12_000.0
-WINDOW = 2048
 SITES = {
     "plant-north": (1797.0, ("normal", "inner_race", "ball")),
     "plant-south": (1750.0, ("normal", "outer_race", "inner_race")),
 }
-
-
-def fill_store(path: Path, rpm: float, modes: tuple[str, ...], seed: int) -> None:
-    """Write labelled simulated windows into an edge store, as the agent would."""
-    with LocalStore(path) as store:
-        for k, mode in enumerate(modes):
-            stream = BearingSignalStream(MachineProfile(rpm=rpm), np.random.default_rng(seed + k))
-            record = stream.next(WINDOW * 50, mode, 0.0 if mode == "normal" else 0.6)  # type: ignore[arg-type]
-            t0 = 1_700_000_000_000_000_000 + k * 10**12
-            step = round(WINDOW * 1e9 / FS)
-            windows = [
-                Window(t0 + i * step, FS, w)
-                for i, w in enumerate(windows_from_record(record, WINDOW))
-            ]
-            store.add_windows(f"asset-{k}", "de", 0, windows)
-            store.add_label(f"asset-{k}", mode, t0, t0 + len(windows) * step)
 
 
 def test_federated_rounds_publish_verified_models(tmp_path: Path) -> None:
@@ -48,7 +28,7 @@ def test_federated_rounds_publish_verified_models(tmp_path: Path) -> None:
     for i, (site, (rpm, modes)) in enumerate(SITES.items()):
         store = tmp_path / site / "store.sqlite"
         store.parent.mkdir()
-        fill_store(store, rpm, modes, seed=10 * i)
+        seed_store(store, MachineProfile(rpm=rpm), modes, windows_per_mode=50, seed=10 * i)
         nodes.append(SiteNode(site, store))
     registry_dir = tmp_path / "registry"
     lines: list[str] = []
