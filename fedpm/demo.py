@@ -211,7 +211,7 @@ def run_demo(opts: DemoOptions) -> int:
             )
         watch = HealthWatch(broker.host, broker.port)
         watch.start()
-        time.sleep(1.0)
+        watch.wait_online([s.site_id for s in opts.sites], timeout_s=60)
         for site in opts.sites:
             group.start(
                 f"sensors-{site.site_id}",

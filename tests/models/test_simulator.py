@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
-import os
 import time
 from pathlib import Path
 
@@ -322,17 +321,6 @@ def test_run_to_failure_rejects_bad_record_counts(n_records: int, onset: int) ->
 # --- Real data -------------------------------------------------------------------------------
 
 
-def _cwru_dir() -> Path | None:
-    repo = Path(__file__).resolve().parents[2]
-    candidates = [
-        repo / "shared" / "datasets" / "cwru-12k-drive-end",
-        repo.parent / "shared" / "datasets" / "cwru-12k-drive-end",
-    ]
-    if os.environ.get("FEDPM_CWRU_DIR"):
-        candidates.insert(0, Path(os.environ["FEDPM_CWRU_DIR"]))
-    return next((c for c in candidates if (c / "MANIFEST.tsv").is_file()), None)
-
-
 @pytest.mark.parametrize(
     ("record", "field"),
     [
@@ -340,11 +328,9 @@ def _cwru_dir() -> Path | None:
         ("12k_Drive_End_IR007_0_105.npz", "bpfi_hz"),
     ],
 )
-def test_cwru_record_shows_its_defect_frequency(record: str, field: str) -> None:
+def test_cwru_record_shows_its_defect_frequency(record: str, field: str, cwru_root: Path) -> None:
     # Prepare
-    root = _cwru_dir()
-    if root is None:
-        pytest.skip("CWRU dataset not found (set FEDPM_CWRU_DIR)")
+    root = cwru_root
     with (root / "MANIFEST.tsv").open(newline="") as handle:
         rows = {row["file"]: row for row in csv.DictReader(handle, delimiter="\t")}
     if record not in rows or not (root / record).is_file():
