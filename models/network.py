@@ -120,7 +120,7 @@ def reset_norm_statistics(net: nn.Module) -> None:
     of this round. In federated rounds this keeps averaged statistics in step with the averaged
     weights; with the usual exponential average (momentum 0.1) and the few local steps a site
     takes per round, the global model's statistics lagged far behind and round-1 models
-    predicted a single class (measured: 0.33 vs 0.67 site accuracy, see docs/architecture.md).
+    predicted a single class (``bench/bench_federated_norm.py``; docs/architecture.md).
     """
     for module in net.modules():
         if isinstance(module, nn.BatchNorm1d):
