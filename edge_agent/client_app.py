@@ -47,19 +47,22 @@ def _local_data(context: Context, cfg: RunConfig) -> tuple[LabelledWindows, np.n
     return data, train_idx, eval_idx
 
 
-def _model(msg: Message, cfg: RunConfig) -> WDCNN:
+def _prepare(
+    msg: Message, context: Context
+) -> tuple[RunConfig, LabelledWindows, np.ndarray, np.ndarray, WDCNN]:
+    """Run config, local data with its time split, and the received global model."""
+    torch.set_num_threads(1)  # one ClientApp process per message; the agent shares the node
+    cfg = RunConfig.from_run_config(context.run_config)
+    data, train_idx, eval_idx = _local_data(context, cfg)
     net = build_model(cfg.network)
     net.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
-    return net
+    return cfg, data, train_idx, eval_idx, net
 
 
 @app.train()
 def train_handler(msg: Message, context: Context) -> Message:
     """Train the received global model on local labelled windows."""
-    torch.set_num_threads(1)
-    cfg = RunConfig.from_run_config(context.run_config)
-    data, train_idx, _ = _local_data(context, cfg)
-    net = _model(msg, cfg)
+    cfg, data, train_idx, _, net = _prepare(msg, context)
     reset_norm_statistics(net)
     server_round = int(str(msg.content.config_records["config"].get("server-round", 0)))
     result = train(
@@ -91,10 +94,7 @@ def train_handler(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate_handler(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on the latest part of each local recording."""
-    torch.set_num_threads(1)
-    cfg = RunConfig.from_run_config(context.run_config)
-    data, _, eval_idx = _local_data(context, cfg)
-    net = _model(msg, cfg)
+    cfg, data, _, eval_idx, net = _prepare(msg, context)
     result = evaluate(net, data.x[eval_idx], data.y[eval_idx], cfg.class_names)
     metrics = MetricRecord(
         {
