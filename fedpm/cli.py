@@ -86,8 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--held-out-windows",
         type=int,
-        default=25,
-        help="held-out windows per class sent to the API (default 25)",
+        default=24,
+        help="held-out windows per class sent to the API (default 24, over 3 severities)",
     )
     demo.add_argument(
         "--workdir",

@@ -39,7 +39,7 @@ class DemoOptions:
     rounds: int = 3
     local_epochs: int = 2
     backlog_s: float = 24.0
-    held_out_windows: int = 25
+    held_out_windows: int = 24
     workdir: Path | None = None
     json_path: Path | None = None
     sites: tuple[SiteSpec, ...] = DEMO_SITES
@@ -167,6 +167,10 @@ def _print_held_out(report: HeldOutReport) -> None:
         print(
             f"  {r.true_class:<12} {len(r.predicted):>7} {r.correct:>7} {mean_pf:>16.3f}  {spread}"
         )
+    by_severity = ", ".join(
+        f"{100 * acc:.0f} % at {sev:g}" for sev, acc in report.accuracy_by_severity().items()
+    )
+    print(f"  faulty windows recognised by fault severity: {by_severity}")
     print(f"  example response item: {json.dumps(report.example)[:300]}")
     print()
 
@@ -299,6 +303,9 @@ def run_demo(opts: DemoOptions) -> int:
         )
         _print_held_out(report)
         summary["held_out_accuracy"] = report.accuracy
+        summary["held_out_accuracy_by_severity"] = {
+            str(k): v for k, v in report.accuracy_by_severity().items()
+        }
         summary["model_version"] = report.model_version
 
         health = watch.wait_for_version(

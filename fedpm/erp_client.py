@@ -20,6 +20,7 @@ class ClassResult:
     true_class: str
     predicted: list[str] = field(default_factory=list)
     failure_probability: list[float] = field(default_factory=list)
+    severity: list[float] = field(default_factory=list)
 
     @property
     def correct(self) -> int:
@@ -41,6 +42,18 @@ class HeldOutReport:
         total = sum(len(r.predicted) for r in self.results)
         return sum(r.correct for r in self.results) / total if total else float("nan")
 
+    def accuracy_by_severity(self) -> dict[float, float]:
+        """Accuracy on faulty windows, per simulated fault severity."""
+        hits: dict[float, list[bool]] = {}
+        for r in self.results:
+            for predicted, severity in zip(r.predicted, r.severity, strict=True):
+                if severity > 0:
+                    hits.setdefault(severity, []).append(predicted == r.true_class)
+        return {s: sum(h) / len(h) for s, h in sorted(hits.items())}
+
+
+HELD_OUT_SEVERITIES = (0.3, 0.5, 0.8)
+
 
 def held_out_windows(
     mode: str, n_windows: int, window_samples: int, severity: float = 0.5
@@ -61,15 +74,24 @@ def check_held_out(
     *,
     windows_per_class: int,
     window_samples: int,
+    severities: tuple[float, ...] = HELD_OUT_SEVERITIES,
     timeout_s: float = 60.0,
 ) -> HeldOutReport:
-    """POST held-out windows of each class to ``/v1/predictions`` and collect the answers."""
+    """POST held-out windows of each class to ``/v1/predictions`` and collect the answers.
+
+    Faulty windows are spread over ``severities`` (the sites trained on 0.4-0.7), so the
+    report also says how early in a fault's growth the model recognises it.
+    """
     results: list[ClassResult] = []
     version = ""
     example: dict[str, object] = {}
     with httpx.Client(base_url=base_url, timeout=timeout_s) as client:
         for name in class_names:
-            windows = held_out_windows(name, windows_per_class, window_samples)
+            levels = (0.0,) if name == "normal" else severities
+            per_level = max(1, windows_per_class // len(levels))
+            windows = np.concatenate(
+                [held_out_windows(name, per_level, window_samples, s) for s in levels]
+            )
             body = {
                 "sample_rate_hz": HELD_OUT_PROFILE.sample_rate_hz,
                 "units": "g",
@@ -79,7 +101,7 @@ def check_held_out(
             response.raise_for_status()
             payload = response.json()
             version = payload["model_version"]
-            result = ClassResult(name)
+            result = ClassResult(name, severity=[s for s in levels for _ in range(per_level)])
             for p in payload["predictions"]:
                 result.predicted.append(p["predicted_class"])
                 result.failure_probability.append(float(p["failure_probability"]))
