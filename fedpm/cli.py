@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 import threading
 from pathlib import Path
+from types import ModuleType
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -68,9 +70,20 @@ def _serve(argv: list[str]) -> int:
     return serve_main(argv)
 
 
+COMMANDS = ("train", "evaluate", "diagnose", "health", "simulate_history")
+
+
+def _command_modules() -> list[ModuleType]:
+    """The analytics subcommands (see :mod:`fedpm.commands` for their protocol)."""
+    return [importlib.import_module(f"fedpm.commands.{name}") for name in COMMANDS]
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``fedpm`` argument parser."""
-    parser = argparse.ArgumentParser(prog="fedpm", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="fedpm",
+        description="FedPM: federated predictive maintenance (demo, analytics, role entry points).",
+    )
     parser.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -105,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     sensors.add_argument("--backlog-s", type=float, default=24.0)
     sensors.add_argument("--live", action="store_true", help="keep streaming in real time")
     sensors.set_defaults(func=_sensors)
+
+    for module in _command_modules():
+        cmd = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
+        module.add_arguments(cmd)
+        cmd.set_defaults(func=module.run)
 
     sub.add_parser("agent", help="run an edge agent (see `fedpm agent --help`)", add_help=False)
     sub.add_parser(

@@ -6,6 +6,9 @@ Exception tree::
     ├── FrameError            a sensor frame that cannot be decoded or is invalid
     ├── SignalError           bad arguments to a signal-processing or simulator function
     ├── ModelFormatError      an ONNX file without valid FedPM metadata, or wrong input shape
+    │   └── QuantizationError     a model or calibration windows the int8 quantiser cannot use
+    ├── AnomalyError          an anomaly baseline that cannot be fitted, applied or parsed
+    ├── DatasetError          a manifest or recording on disk that cannot be read as labelled data
     └── RegistryError         the model registry cannot be read or written
         ├── IntegrityError    a model file whose sha256 does not match its card
         └── VersionNotFoundError   no such registry version (or an empty registry)
@@ -35,6 +38,21 @@ class SignalError(FedPMModelsError, ValueError):
 
 class ModelFormatError(FedPMModelsError, ValueError):
     """An ONNX model without valid FedPM metadata, or input the model cannot take."""
+
+
+class DatasetError(FedPMModelsError, ValueError):
+    """A manifest or a recording it lists cannot be read; the message names file and line."""
+
+
+class QuantizationError(ModelFormatError):
+    """A model that cannot be quantised (already int8), or unusable calibration windows."""
+
+
+class AnomalyError(FedPMModelsError, ValueError):
+    """An anomaly baseline that cannot be fitted, applied to these windows, or parsed.
+
+    Fitting needs enough finite windows; scoring needs finite rows of the fitted width.
+    """
 
 
 class RegistryError(FedPMModelsError):

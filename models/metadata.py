@@ -6,7 +6,7 @@ alone tells an edge agent or the serving API how to feed it; the registry card r
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -48,6 +48,14 @@ class ModelMetadata(BaseModel):
     embedding_dim: int = Field(ge=1)
     preprocessing: str = "per-window, per-channel standardisation (in graph)"
     provenance: Provenance
+    quantization: Literal["float32", "int8"] = Field(
+        default="float32", description="numeric format of the weights and activations"
+    )
+    quantization_details: dict[str, str] = Field(
+        default_factory=dict,
+        description="how an int8 model was made (``models.quantize``): format, calibration,"
+        " sha256 of the float32 model it came from",
+    )
 
     @field_validator("class_names")
     @classmethod

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -10,7 +12,9 @@ import torch
 from torch import nn
 
 from models.errors import SignalError
-from models.network import WDCNN
+from models.network import WDCNN, reset_norm_statistics
+
+LrSchedule = Literal["constant", "cosine"]
 
 
 @dataclass(frozen=True)
@@ -62,17 +66,22 @@ def train(
     learning_rate: float = 1e-3,
     seed: int = 0,
     proximal_mu: float = 0.0,
+    lr_schedule: LrSchedule = "constant",
 ) -> FitResult:
     """Train ``net`` in place with Adam and cross-entropy; returns the mean training loss.
 
     ``proximal_mu > 0`` adds FedProx's proximal term against the starting weights.
+    ``lr_schedule="cosine"`` decays the learning rate per step from ``learning_rate`` towards 0
+    over all epochs (Loshchilov and Hutter, SGDR, ICLR 2017, without restarts).
     """
     x, y = _check(x, y, net)
     if len(y) < 2 or batch_size < 2:
         raise SignalError("training needs at least two windows and batch_size >= 2 (BatchNorm)")
+    if lr_schedule not in ("constant", "cosine"):
+        raise SignalError(f"unknown lr_schedule {lr_schedule!r}")
     with torch.random.fork_rng():  # dropout draws from the global generator: seed it too
         torch.manual_seed(seed)
-        return _train(net, x, y, epochs, batch_size, learning_rate, seed, proximal_mu)
+        return _train(net, x, y, epochs, batch_size, learning_rate, seed, proximal_mu, lr_schedule)
 
 
 def _train(
@@ -84,6 +93,7 @@ def _train(
     learning_rate: float,
     seed: int,
     proximal_mu: float,
+    lr_schedule: LrSchedule = "constant",
 ) -> FitResult:
     gen = torch.Generator().manual_seed(seed)
     xt, yt = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y)
@@ -92,6 +102,8 @@ def _train(
     anchor = [p.detach().clone() for p in net.parameters()] if proximal_mu > 0 else []
     net.train()
     total_loss, correct, seen = 0.0, 0, 0
+    steps_per_epoch = math.ceil(len(yt) / batch_size)
+    total_steps, step = max(epochs * steps_per_epoch, 1), 0
     for _ in range(epochs):
         order = torch.randperm(len(yt), generator=gen)
         for start in range(0, len(order), batch_size):
@@ -99,6 +111,10 @@ def _train(
             if len(idx) < 2:  # BatchNorm needs two samples
                 continue
             xb, yb = xt[idx], yt[idx]
+            if lr_schedule == "cosine":
+                for group in opt.param_groups:
+                    group["lr"] = learning_rate * 0.5 * (1 + math.cos(math.pi * step / total_steps))
+                step += 1
             opt.zero_grad()
             logits, _ = net(xb)
             loss = loss_fn(logits, yb)
@@ -114,6 +130,34 @@ def _train(
             seen += len(idx)
     net.eval()
     return FitResult(total_loss / max(seen, 1), correct / max(seen, 1), len(yt))
+
+
+@torch.no_grad()
+def recalibrate_norm_statistics(
+    net: WDCNN, x: npt.NDArray[np.float32], batch_size: int = 256
+) -> None:
+    """Re-estimate BatchNorm statistics of ``net`` on windows ``x``, weights unchanged.
+
+    After training, the cumulative running statistics (``momentum=None``) average over every
+    weight state of the run; one pass over the training windows with the final weights gives
+    the statistics those weights expect. Run on unlabelled windows of another domain (another
+    load, another machine) it is AdaBN (Li et al., Pattern Recognition 80, 2018), the
+    adaptation WDCNN's authors used across loads.
+    """
+    x = np.asarray(x)
+    if x.ndim != 3 or x.shape[1:] != (net.config.in_channels, net.config.window_samples):
+        raise SignalError(f"windows shaped {x.shape[1:]} do not fit the network")
+    if len(x) < 2:
+        raise SignalError("need at least two windows to estimate BatchNorm statistics")
+    reset_norm_statistics(net)
+    net.train()
+    try:
+        for start in range(0, len(x), batch_size):
+            chunk = x[start : start + batch_size]
+            if len(chunk) >= 2:  # a single window has no batch variance
+                net(torch.from_numpy(np.ascontiguousarray(chunk, dtype=np.float32)))
+    finally:
+        net.eval()
 
 
 @torch.no_grad()

@@ -1,14 +1,15 @@
-"""Tests for models.envelope on analytic signals with known answers."""
+"""Tests for models.dsp.envelope on analytic signals with known answers."""
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pytest
 
-from models.envelope import envelope, envelope_spectrum, peak_to_floor_db
+from models.dsp.envelope import envelope, envelope_spectrum, peak_to_floor_db
 from models.errors import SignalError
 
 FS = 12_000.0
@@ -29,7 +30,7 @@ def test_envelope_of_a_sine_is_its_amplitude(dtype: type[np.floating]) -> None:
     x = (2.0 * np.sin(2 * np.pi * 50.0 * t)).astype(dtype)
 
     # Execute
-    env = envelope(x, fs=1_000.0)
+    env = envelope(x, fs=1_000.0, band=None)
 
     # Assert
     assert env.dtype == dtype
@@ -118,7 +119,7 @@ def test_envelope_keeps_shape_along_any_axis() -> None:
 
 def test_odd_length_and_integer_input() -> None:
     # Execute
-    freqs, amp = envelope_spectrum(np.arange(101) % 7, fs=100.0)
+    freqs, amp = envelope_spectrum(np.arange(101) % 7, fs=100.0, band=None)
 
     # Assert
     assert freqs.shape == amp.shape == (51,)
@@ -234,3 +235,56 @@ def test_peak_to_floor_rejects_bad_arguments(
 ) -> None:
     with pytest.raises(SignalError):
         peak_to_floor_db(freqs, spectrum, f0, tol, bw)
+
+
+# --- Band chosen by spectral kurtosis (the default) -------------------------------------------
+
+
+def bursts_in_noise(rate_hz: float = 100.0, resonance_hz: float = 4_200.0, seed: int = 3) -> Any:
+    """Decaying bursts at `resonance_hz` every 1/`rate_hz` s, buried in noise and a strong hum."""
+    rng = np.random.default_rng(seed)
+    n, period = 24_000, int(FS / rate_hz)
+    t = np.arange(period) / FS
+    burst = np.exp(-900.0 * t) * np.sin(2 * np.pi * resonance_hz * t)
+    hum = 2.0 * np.sin(2 * np.pi * 50.0 * np.arange(n) / FS)  # masks the bursts in the full band
+    return np.tile(burst, n // period) + 0.3 * rng.standard_normal(n) + hum
+
+
+def test_default_band_is_the_kurtogram_band_and_reveals_the_rate() -> None:
+    # Prepare
+    x = bursts_in_noise()
+
+    # Execute
+    freqs, by_kurtogram = envelope_spectrum(x, FS)
+    _, unfiltered = envelope_spectrum(x, FS, band=None)
+
+    # Assert: the kurtogram band shows the 100 Hz rate; the raw envelope is dominated by hum.
+    chosen_db = peak_to_floor_db(freqs, by_kurtogram, 100.0, tol_hz=1.0, floor_bw_hz=20.0)
+    raw_db = peak_to_floor_db(freqs, unfiltered, 100.0, tol_hz=1.0, floor_bw_hz=20.0)
+    assert chosen_db > 30.0
+    assert chosen_db > raw_db + 15.0
+
+
+def test_kurtogram_band_is_chosen_per_slice() -> None:
+    # Prepare: two channels with different resonances, time on axis 0.
+    x = np.stack([bursts_in_noise(resonance_hz=2_500.0), bursts_in_noise(seed=4)], axis=1)
+
+    # Execute
+    env = envelope(x, FS, axis=0)
+    singles = [envelope(x[:, i], FS) for i in range(2)]
+
+    # Assert
+    assert env.shape == x.shape
+    np.testing.assert_allclose(env, np.stack(singles, axis=1), atol=1e-12)
+
+
+def test_kurtogram_settings_are_passed_on() -> None:
+    with pytest.raises(SignalError, match="wide"):
+        envelope(bursts_in_noise(), FS, min_bandwidth_hz=10_000.0)
+    with pytest.raises(SignalError, match="max_level"):
+        envelope(bursts_in_noise(), FS, max_level=20)
+
+
+def test_unknown_band_word_is_rejected() -> None:
+    with pytest.raises(SignalError, match="band"):
+        envelope(am_signal(), FS, band="auto")  # type: ignore[arg-type]

@@ -13,7 +13,7 @@ import numpy.typing as npt
 import pytest
 
 from models.bearing import BEARINGS, defect_frequencies, get_bearing
-from models.envelope import envelope_spectrum, peak_to_floor_db
+from models.dsp.envelope import envelope_spectrum, peak_to_floor_db
 from models.errors import SignalError
 from models.simulator import (
     FAULT_MODES,

@@ -6,6 +6,10 @@ that impulse train into a low-frequency envelope whose spectrum shows lines at t
 frequency and its harmonics (Randall & Antoni, "Rolling element bearing diagnostics - A
 tutorial", MSSP 25(2), 2011, section 3.2).
 
+The band to demodulate is, unless given, the one where the signal is most impulsive according
+to the kurtogram (`models.dsp.kurtogram.select_band`; Randall & Antoni 2011, section 3.3).
+``band=None`` demodulates the whole signal without filtering.
+
 Output arrays keep ``float32`` for ``float32`` input and are ``float64`` otherwise.
 
 Examples
@@ -17,7 +21,7 @@ amplitude 0.5 at 100 Hz:
 >>> fs = 12_000.0
 >>> t = np.arange(12_000) / fs
 >>> x = (1 + 0.5 * np.cos(2 * np.pi * 100 * t)) * np.cos(2 * np.pi * 3_000 * t)
->>> freqs, amp = envelope_spectrum(x, fs)
+>>> freqs, amp = envelope_spectrum(x, fs, band=None)
 >>> float(freqs[np.argmax(amp)]), round(float(amp.max()), 3)
 (100.0, 0.5)
 """
@@ -25,61 +29,43 @@ amplitude 0.5 at 100 Hz:
 from __future__ import annotations
 
 import math
-import numbers
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 from scipy import signal
 
+from models.dsp._validate import (
+    Band,
+    FloatArray,
+    check_band,
+    check_signal,
+    positive_finite,
+)
+from models.dsp.kurtogram import select_band
+from models.dsp.spectral import amplitude_spectrum
 from models.errors import SignalError
 
-__all__ = ["envelope", "envelope_spectrum", "peak_to_floor_db"]
+__all__ = ["BandChoice", "envelope", "envelope_spectrum", "peak_to_floor_db"]
 
-FloatArray = npt.NDArray[np.floating[Any]]
+BandChoice = Band | Literal["kurtogram"] | None
+"""A band ``(low, high)`` in Hz, ``"kurtogram"`` to pick it by spectral kurtosis, or ``None``."""
 
 _BUTTER_ORDER = 4  # band-pass order; sosfiltfilt doubles it (zero phase)
 
 
-def _positive_finite(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise SignalError(f"{name} must be a real number, got {value!r}")
-    if not (math.isfinite(value) and value > 0):
-        raise SignalError(f"{name} must be positive and finite, got {value!r}")
-    return float(value)
-
-
-def _check_signal(
-    x: npt.ArrayLike, axis: int
-) -> tuple[npt.NDArray[np.float64], np.dtype[Any], int]:
-    """Return `x` as float64, the output dtype and the normalised axis."""
-    arr = np.asarray(x)
-    if arr.dtype.kind not in "fiu":
-        raise SignalError(f"x must be a real numeric array, got dtype {arr.dtype}")
-    if arr.ndim == 0:
-        raise SignalError("x must have at least one dimension")
-    if not -arr.ndim <= axis < arr.ndim:
-        raise SignalError(f"axis {axis} is out of range for an array of {arr.ndim} dimensions")
-    if arr.size == 0:
-        raise SignalError("x must not be empty")
-    if not np.all(np.isfinite(arr)):
-        raise SignalError("x contains NaN or infinite values")
-    out_dtype = np.dtype(np.float32) if arr.dtype == np.float32 else np.dtype(np.float64)
-    return arr.astype(np.float64, copy=False), out_dtype, axis % arr.ndim
-
-
-def _check_band(band: tuple[float, float], fs: float) -> tuple[float, float]:
-    try:
-        low, high = (float(edge) for edge in band)
-    except (TypeError, ValueError) as exc:
-        raise SignalError(f"band must be a (low, high) pair in Hz, got {band!r}") from exc
-    if not (0.0 < low < high < fs / 2.0):
-        raise SignalError(f"band must satisfy 0 < low < high < fs/2 = {fs / 2.0} Hz, got {band!r}")
-    return low, high
-
-
-def _bandpass(x: npt.NDArray[np.float64], fs: float, band: tuple[float, float], axis: int) -> Any:
-    sos = signal.butter(_BUTTER_ORDER, band, btype="bandpass", fs=fs, output="sos")
+def _filter(x: npt.NDArray[np.float64], fs: float, band: Band, axis: int) -> Any:
+    """Zero-phase Butterworth filter passing `band`; an edge at 0 or fs/2 is left open."""
+    low, high = band
+    nyquist = fs / 2.0
+    if low <= 0.0 and high >= nyquist:
+        return x
+    if low <= 0.0:
+        sos = signal.butter(_BUTTER_ORDER, high, btype="lowpass", fs=fs, output="sos")
+    elif high >= nyquist:
+        sos = signal.butter(_BUTTER_ORDER, low, btype="highpass", fs=fs, output="sos")
+    else:
+        sos = signal.butter(_BUTTER_ORDER, band, btype="bandpass", fs=fs, output="sos")
     # sosfiltfilt's default edge padding; it refuses signals not longer than this.
     padlen = 3 * (2 * len(sos) + 1 - min(int((sos[:, 2] == 0).sum()), int((sos[:, 5] == 0).sum())))
     if x.shape[axis] <= padlen:
@@ -90,13 +76,38 @@ def _bandpass(x: npt.NDArray[np.float64], fs: float, band: tuple[float, float], 
     return signal.sosfiltfilt(sos, x, axis=axis)
 
 
+def _band_limited(
+    arr: npt.NDArray[np.float64],
+    fs: float,
+    band: object,
+    axis: int,
+    max_level: int,
+    min_bandwidth_hz: float | None,
+) -> npt.NDArray[np.float64]:
+    """`arr` filtered to the requested band (the same band for all slices, or one each)."""
+    if band is None:
+        return arr
+    if not (isinstance(band, str) and band == "kurtogram"):
+        return np.asarray(_filter(arr, fs, check_band(band, fs), axis))
+    bands = select_band(arr, fs, max_level, min_bandwidth_hz, axis)
+    moved = np.moveaxis(arr, axis, -1)
+    out = np.empty_like(moved)
+    for index in np.ndindex(moved.shape[:-1]):
+        low, high = (float(edge) for edge in bands[index])
+        out[index] = _filter(moved[index], fs, (low, high), -1)
+    return np.moveaxis(out, -1, axis)
+
+
 def envelope(
     x: npt.ArrayLike,
     fs: float,
-    band: tuple[float, float] | None = None,
+    band: BandChoice = "kurtogram",
     axis: int = -1,
+    *,
+    max_level: int = 6,
+    min_bandwidth_hz: float | None = None,
 ) -> FloatArray:
-    """Compute the amplitude envelope of a signal, optionally after a band-pass filter.
+    """Compute the amplitude envelope of a signal after an optional band-pass filter.
 
     Parameters
     ----------
@@ -104,11 +115,19 @@ def envelope(
         Real signal, e.g. acceleration in g; any shape, finite, non-empty.
     fs : float
         Sampling frequency in Hz.
-    band : tuple of float, optional
-        ``(low, high)`` pass band in Hz, ``0 < low < high < fs/2``. When given, `x` is first
-        filtered with a zero-phase order-4 Butterworth band-pass (``sosfiltfilt``).
+    band : tuple of float or "kurtogram" or None, optional
+        ``(low, high)`` pass band in Hz, ``0 < low < high < fs/2``: `x` is first filtered with
+        a zero-phase order-4 Butterworth band-pass (``sosfiltfilt``). ``"kurtogram"`` (the
+        default) picks, for each slice, the band with the largest spectral kurtosis
+        (`models.dsp.kurtogram.select_band` with `max_level` and `min_bandwidth_hz`); a chosen
+        band that reaches 0 Hz or ``fs/2`` becomes a low- or high-pass. ``None`` skips the
+        filter and demodulates the whole signal.
     axis : int, optional
         Time axis of `x`, the last one by default.
+    max_level : int, optional
+        Deepest kurtogram level when ``band="kurtogram"``.
+    min_bandwidth_hz : float, optional
+        Narrowest band the kurtogram may choose, in Hz.
 
     Returns
     -------
@@ -119,28 +138,31 @@ def envelope(
     ------
     SignalError
         On a non-positive `fs`, a band outside ``(0, fs/2)``, an empty, non-finite or complex
-        `x`, an invalid `axis`, or a signal too short for the band-pass filter.
+        `x`, an invalid `axis`, or a signal too short for the band-pass filter or kurtogram.
 
     Examples
     --------
     >>> import numpy as np
     >>> t = np.arange(1_000) / 1_000.0
-    >>> env = envelope(2.0 * np.sin(2 * np.pi * 50 * t), fs=1_000.0)
+    >>> env = envelope(2.0 * np.sin(2 * np.pi * 50 * t), fs=1_000.0, band=None)
     >>> bool(np.allclose(env, 2.0))
     True
     """
-    fs = _positive_finite("fs", fs)
-    arr, out_dtype, axis = _check_signal(x, axis)
-    filtered = arr if band is None else _bandpass(arr, fs, _check_band(band, fs), axis)
-    analytic = signal.hilbert(filtered, axis=axis)
-    return np.asarray(np.abs(analytic), dtype=out_dtype)
+    fs = positive_finite("fs", fs)
+    arr, dtype, ax = check_signal(x, axis)
+    filtered = _band_limited(arr, fs, band, ax, max_level, min_bandwidth_hz)
+    analytic = signal.hilbert(filtered, axis=ax)
+    return np.asarray(np.abs(analytic), dtype=dtype)
 
 
 def envelope_spectrum(
     x: npt.ArrayLike,
     fs: float,
-    band: tuple[float, float] | None = None,
+    band: BandChoice = "kurtogram",
     axis: int = -1,
+    *,
+    max_level: int = 6,
+    min_bandwidth_hz: float | None = None,
 ) -> tuple[npt.NDArray[np.float64], FloatArray]:
     """Compute the one-sided amplitude spectrum of the signal envelope.
 
@@ -154,10 +176,12 @@ def envelope_spectrum(
         Real signal, e.g. acceleration in g; any shape, finite, non-empty.
     fs : float
         Sampling frequency in Hz.
-    band : tuple of float, optional
-        ``(low, high)`` band-pass in Hz applied before demodulation, see `envelope`.
+    band : tuple of float or "kurtogram" or None, optional
+        Band demodulated, see `envelope`; chosen by spectral kurtosis by default.
     axis : int, optional
         Time axis of `x`, the last one by default.
+    max_level, min_bandwidth_hz : optional
+        Kurtogram settings when ``band="kurtogram"``, see `envelope`.
 
     Returns
     -------
@@ -172,21 +196,8 @@ def envelope_spectrum(
     SignalError
         As for `envelope`.
     """
-    env = envelope(x, fs, band, axis)
-    axis = axis % env.ndim
-    n = env.shape[axis]
-    centred = env.astype(np.float64) - env.mean(axis=axis, dtype=np.float64, keepdims=True)
-    window = signal.windows.hann(n, sym=False) if n > 1 else np.ones(1)
-    shape = [1] * env.ndim
-    shape[axis] = n
-    spectrum = np.abs(np.fft.rfft(centred * window.reshape(shape), axis=axis))
-    scale = np.full(n // 2 + 1, 2.0 / float(window.sum()))
-    scale[0] /= 2.0
-    if n % 2 == 0:
-        scale[-1] /= 2.0
-    shape[axis] = n // 2 + 1
-    amplitude = np.asarray(spectrum * scale.reshape(shape), dtype=env.dtype)
-    return np.asarray(np.fft.rfftfreq(n, d=1.0 / fs), dtype=np.float64), amplitude
+    env = envelope(x, fs, band, axis, max_level=max_level, min_bandwidth_hz=min_bandwidth_hz)
+    return amplitude_spectrum(env, fs, axis)
 
 
 def peak_to_floor_db(
@@ -241,9 +252,9 @@ def peak_to_floor_db(
         raise SignalError("freqs and spectrum must be finite")
     if np.any(s < 0):
         raise SignalError("spectrum must be non-negative (an amplitude spectrum)")
-    f0 = _positive_finite("f0", f0)
-    tol_hz = _positive_finite("tol_hz", tol_hz)
-    floor_bw_hz = _positive_finite("floor_bw_hz", floor_bw_hz)
+    f0 = positive_finite("f0", f0)
+    tol_hz = positive_finite("tol_hz", tol_hz)
+    floor_bw_hz = positive_finite("floor_bw_hz", floor_bw_hz)
     if floor_bw_hz <= tol_hz:
         raise SignalError(f"floor_bw_hz ({floor_bw_hz}) must exceed tol_hz ({tol_hz})")
     distance = np.abs(f - f0)
