@@ -6,7 +6,8 @@ honest splits are offered:
 
 ``time``
     every record trains on its first ``train_fraction`` and tests on the rest; each part is
-    windowed on its own, so no window crosses the cut (overlap, if any, stays inside a part).
+    resampled and windowed on its own, so neither a window nor the resampling filter crosses the
+    cut (overlap, if any, stays inside a part).
 ``record``
     whole records train or test (e.g. train on 0-2 HP, test on 3 HP). A class with a single
     record cannot be both trained and held out by record; that record is split in time and
@@ -20,6 +21,7 @@ except :func:`build_windows`, which reads the record files through :mod:`models.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
@@ -28,9 +30,9 @@ import numpy as np
 import numpy.typing as npt
 
 from models.datasets import Record, RecordInfo, read_record
-from models.errors import DatasetError
+from models.errors import DatasetError, SignalError
 from models.metadata import NORMAL_CLASS
-from models.windows import windows_from_record
+from models.windows import resample, windows_from_record
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
@@ -193,7 +195,7 @@ def plan_record_split(
 
     Notes
     -----
-    A class with one record only, all of it on the training side, is split in time instead, so
+    A class with a single training record and no test record has that record split in time, so
     that it is still tested (CWRU's only normal record, for instance).
 
     Raises
@@ -209,9 +211,7 @@ def plan_record_split(
     test_paths = {info.path for info in test}
     kept = [info for info in train if info.path not in test_paths]
     tested = {class_label(info, scheme) for info in test}
-    count: dict[str, int] = {}
-    for info in kept:
-        count[class_label(info, scheme)] = count.get(class_label(info, scheme), 0) + 1
+    count = Counter(class_label(info, scheme) for info in kept)
     parts: list[tuple[RecordInfo, Part]] = []
     for info in kept:
         label = class_label(info, scheme)
@@ -247,6 +247,12 @@ class WindowOptions:
         Leading fraction of a time-split record that trains.
     train_hop, test_hop
         Hop between window starts in samples (``None``: one window length, no overlap).
+    speed_factors
+        Speed augmentation: training windows are cut from each training part resampled to
+        ``sample_rate_hz * f`` for every ``f``, i.e. played ``f`` times slower, so shaft and
+        defect frequencies drop by ``f`` as when a heavier load slows the motor (CWRU: 1797 rpm
+        at 0 HP, 1730 at 3 HP, 3.7 % apart). Structural resonances move too, which real speed
+        changes do not do. ``(1.0,)`` (default) means no augmentation.
     """
 
     sample_rate_hz: float = 12_000.0
@@ -255,6 +261,7 @@ class WindowOptions:
     train_fraction: float = 0.7
     train_hop: int | None = None
     test_hop: int | None = None
+    speed_factors: tuple[float, ...] = (1.0,)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.train_fraction < 1.0:
@@ -264,6 +271,8 @@ class WindowOptions:
         for hop in (self.train_hop, self.test_hop):
             if hop is not None and hop < 1:
                 raise DatasetError(f"hops must be >= 1 sample, got {hop}")
+        if not self.speed_factors or not all(0.5 <= f <= 2.0 for f in self.speed_factors):
+            raise DatasetError(f"speed factors must lie in [0.5, 2], got {self.speed_factors}")
 
 
 @dataclass(frozen=True)
@@ -292,15 +301,27 @@ def record_windows(
     hop: int | None = None,
     start: int = 0,
     stop: int | None = None,
+    sample_rate_hz: float | None = None,
 ) -> tuple[FloatArray, IntArray]:
-    """Windows (n, channels, samples) lying wholly in ``[start, stop)``, and their starts."""
+    """Windows (n, channels, samples) lying wholly in samples ``[start, stop)`` of ``record``.
+
+    With ``sample_rate_hz``, the segment alone is resampled to that rate first (so no filter
+    reaches across ``start`` or ``stop``) and windows, hop and the returned starts count
+    samples at that rate; starts are offsets from the record's beginning.
+    """
     stop = record.n_samples if stop is None else stop
     hop = window_samples if hop is None else hop
-    per_channel = [
-        windows_from_record(record.signals[c][start:stop], window_samples, hop) for c in channels
-    ]
+    fs = record.sample_rate_hz if sample_rate_hz is None else sample_rate_hz
+    segments = [record.signals[c][start:stop] for c in channels]
+    if fs != record.sample_rate_hz:
+        try:
+            segments = [resample(x, record.sample_rate_hz, fs) for x in segments]
+        except SignalError as exc:
+            raise DatasetError(f"{record.info.path.name}: {exc}") from exc
+    per_channel = [windows_from_record(x, window_samples, hop) for x in segments]
     x = np.stack(per_channel, axis=1) if per_channel else np.zeros((0, 0, window_samples))
-    starts = start + np.arange(len(x), dtype=np.int64) * hop
+    offset = round(start * fs / record.sample_rate_hz)
+    starts = offset + np.arange(len(x), dtype=np.int64) * hop
     return x.astype(np.float32, copy=False), starts
 
 
@@ -362,13 +383,16 @@ def build_windows(
         label = class_label(info, scheme)
         if label not in names:
             raise DatasetError(f"{info.path.name}: class {label!r} is not one of {names}")
-        rec = read_record(info, channels=opts.channels, target_fs=opts.sample_rate_hz)
+        rec = read_record(info, channels=opts.channels)  # cut at the file's rate, then resample
         cut = math.floor(rec.n_samples * opts.train_fraction) if part == "split" else None
-        w = opts.window_samples
+        w, fs = opts.window_samples, opts.sample_rate_hz
         if part in ("train", "split"):
-            x, starts = record_windows(rec, opts.channels, w, opts.train_hop, 0, cut)
-            train.append((index, names.index(label), x, starts))
+            for factor in opts.speed_factors:
+                x, starts = record_windows(
+                    rec, opts.channels, w, opts.train_hop, 0, cut, fs * factor
+                )
+                train.append((index, names.index(label), x, starts))
         if part in ("test", "split"):
-            x, starts = record_windows(rec, opts.channels, w, opts.test_hop, cut or 0)
+            x, starts = record_windows(rec, opts.channels, w, opts.test_hop, cut or 0, None, fs)
             test.append((index, names.index(label), x, starts))
     return _collect(train, records, names, opts), _collect(test, records, names, opts)

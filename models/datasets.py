@@ -139,9 +139,13 @@ def _number(where: str, column: str, value: str) -> float:
 def _timestamp_key(where: str, value: str) -> float:
     """Seconds since the UNIX epoch of a numeric or ISO 8601 timestamp (naive means UTC)."""
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(number):
+            raise DatasetError(f"{where}: timestamp {value!r} is not finite")
+        return number
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:

@@ -182,9 +182,11 @@ def _run(args: argparse.Namespace) -> tuple[dict[str, Any], ClassificationReport
         raise ValueError(f"no record of {args.manifest} passes the filters")
     probs, ids = [np.zeros((0, len(meta.class_names)), np.float32)], [np.zeros(0, np.int64)]
     for index, info in enumerate(infos):
-        record = read_record(info, channels=channels, target_fs=meta.sample_rate_hz)
+        record = read_record(info, channels=channels)  # cut at the file's rate, as train does
         start = int(record.n_samples * args.start_fraction)
-        x, _ = dw.record_windows(record, channels, meta.window_samples, args.hop, start)
+        x, _ = dw.record_windows(
+            record, channels, meta.window_samples, args.hop, start, None, meta.sample_rate_hz
+        )
         if len(x):
             probs.append(classifier.predict(x).probabilities)
             ids.append(np.full(len(x), index, np.int64))

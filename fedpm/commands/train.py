@@ -73,6 +73,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument(
         "--test-hop", type=int, default=None, help="hop between test windows (default: window)"
     )
+    data.add_argument(
+        "--speed-augment",
+        default="",
+        metavar="F[,F]",
+        help="also train on each training part played F times slower (e.g. 0.97,1.03): "
+        "defect frequencies shift as when the load changes the speed (default: none)",
+    )
     fit = parser.add_argument_group("training")
     fit.add_argument("--epochs", type=int, default=8, help="epochs (default 8)")
     fit.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
@@ -99,6 +106,14 @@ def _split_kind(args: argparse.Namespace) -> str:
     if args.test_filter and args.split == "time":
         raise ValueError("--test-filter holds out whole records: use it with --split record")
     return "record" if args.test_filter else (args.split or "time")
+
+
+def _speed_factors(text: str) -> tuple[float, ...]:
+    try:
+        extra = [float(f) for f in text.split(",") if f.strip()]
+    except ValueError:
+        raise ValueError(f"--speed-augment takes numbers like 0.97,1.03, got {text!r}") from None
+    return tuple(dict.fromkeys([1.0, *extra]))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -153,6 +168,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         train_fraction=args.train_fraction,
         train_hop=args.train_hop,
         test_hop=args.test_hop,
+        speed_factors=_speed_factors(args.speed_augment),
     )
     train_set, test_set = dw.build_windows(plan, options, scheme=args.labels)
     if not len(test_set):
@@ -187,6 +203,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         "test_filters": [str(f) for f in test_filters],
         "channels": list(options.channels),
         "train_fraction": options.train_fraction,
+        "speed_factors": list(options.speed_factors),
         "adapt_norm": config.adapt_norm,
         "time_split_records": [i.name for i in plan.records("split")] if split == "record" else [],
     }

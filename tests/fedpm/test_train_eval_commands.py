@@ -43,9 +43,11 @@ def sim_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("sim")
     rng = np.random.default_rng(7)
     rows = ["file\tfault_type\tfault_diameter_in\tmotor_load_hp\tsample_rate_hz\tchannels"]
-    plan = [("normal", "0"), *((m, load) for m in MODES[1:] for load in "01"), ("ball", "1")]
+    plan: list[tuple[FaultMode, str]] = [
+        ("normal", "0"), *((m, load) for m in MODES[1:] for load in "01"), ("ball", "1")
+    ]  # fmt: skip
     for mode, load in plan:
-        x = simulate(MachineProfile(), mode, 1.0, RECORD_SAMPLES, rng)  # type: ignore[arg-type]
+        x = simulate(MachineProfile(), mode, 1.0, RECORD_SAMPLES, rng)
         name = f"{mode}_{load}.npz"
         np.savez(root / name, de=x)
         size = "0.000" if mode == "normal" else "0.007"
@@ -108,8 +110,8 @@ def test_train_record_split_tests_whole_records_and_splits_a_lone_class(
 ) -> None:
     # Prepare
     argv = ["--manifest", str(sim_set), "--filter", "fault_type!=ball",
-            "--test-filter", "motor_load_hp=1", "--no-publish", "--json",
-            str(tmp_path / "r.json"), *FAST]  # fmt: skip
+            "--test-filter", "motor_load_hp=1", "--speed-augment", "0.97,1.03", "--no-publish",
+            "--json", str(tmp_path / "r.json"), *FAST]  # fmt: skip
 
     # Execute
     code = call(train_cmd, argv)
@@ -122,6 +124,9 @@ def test_train_record_split_tests_whole_records_and_splits_a_lone_class(
     assert result["dataset"]["split"] == "record"
     assert result["dataset"]["time_split_records"] == ["normal_0"]
     assert result["metrics"]["test-windows"] == 2 * (RECORD_SAMPLES // 512) + 5
+    assert result["dataset"]["speed_factors"] == [1.0, 0.97, 1.03]
+    # three records train (normal's first 70 %), each at three speeds
+    assert result["metrics"]["train-windows"] > 3 * 3 * ((6300 - 512) // 256)
     assert "split in time (only record of its class): normal_0" in capsys.readouterr().out
 
 
@@ -153,6 +158,8 @@ def test_train_fault_size_labels(
         (["--filter", "fault_type=ball", "--split", "record"], "two classes"),
         (["--train-fraction", "1.5"], "train_fraction must be in"),
         (["--channels", "fe"], r"no array\(s\) fe"),
+        (["--speed-augment", "fast"], "--speed-augment takes numbers"),
+        (["--speed-augment", "5"], "speed factors must lie in"),
     ],
 )
 def test_train_reports_bad_input_in_one_line(

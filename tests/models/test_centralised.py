@@ -103,8 +103,12 @@ def test_recalibration_sets_the_first_norm_to_the_batch_statistics() -> None:
     model = net()
     train(model, x, y, epochs=1, batch_size=4, seed=0)
     weights = flat(model).clone()
-    conv, norm = model.features[0][0], model.features[0][1]
-    norm.running_mean.fill_(5.0)  # type: ignore[operator]
+    first_block = model.features[0]
+    assert isinstance(first_block, torch.nn.Sequential)
+    conv, norm = first_block[0], first_block[1]
+    assert isinstance(norm, torch.nn.BatchNorm1d)
+    assert norm.running_mean is not None
+    norm.running_mean.fill_(5.0)
 
     # Execute: all windows in one batch
     recalibrate_norm_statistics(model, x, batch_size=len(x))

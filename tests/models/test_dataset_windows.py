@@ -243,6 +243,46 @@ def test_windows_are_cut_at_the_model_rate(tmp_path: Path) -> None:
     assert len(test) == 300 // WINDOW
 
 
+def test_test_windows_depend_only_on_the_test_part_even_when_resampled(tmp_path: Path) -> None:
+    # Prepare: two 4 kHz records equal after the 70 % cut, different before it
+    rng = np.random.default_rng(0)
+    tail = rng.standard_normal(1200).astype(np.float32)
+    paths = []
+    for name, head in (("quiet", np.zeros(2800)), ("loud", 100 * rng.standard_normal(2800))):
+        np.savez(tmp_path / f"{name}.npz", de=np.concatenate([head, tail]).astype(np.float32))
+        paths.append(RecordInfo(tmp_path / f"{name}.npz", "ball", 4000.0, None, ("de",), {}))
+    options = WindowOptions(sample_rate_hz=1000.0, window_samples=WINDOW)
+
+    # Execute
+    _, quiet = build_windows(plan_time_split(paths[:1]), options)
+    _, loud = build_windows(plan_time_split(paths[1:]), options)
+
+    # Assert: the resampling filter never reached across the cut
+    assert len(quiet) == 300 // WINDOW
+    np.testing.assert_array_equal(quiet.x, loud.x)
+    np.testing.assert_array_equal(quiet.start, 700 + WINDOW * np.arange(len(quiet)))
+
+
+def test_speed_factors_add_resampled_training_windows_only(tmp_path: Path) -> None:
+    # Prepare
+    rec = ramp_record(tmp_path, "r", "ball", 1000)
+    plain = WindowOptions(sample_rate_hz=1000.0, window_samples=WINDOW)
+    faster = WindowOptions(sample_rate_hz=1000.0, window_samples=WINDOW, speed_factors=(1.0, 0.5))
+
+    # Execute
+    train_plain, test_plain = build_windows(plan_time_split([rec]), plain)
+    train_aug, test_aug = build_windows(plan_time_split([rec]), faster)
+
+    # Assert: the 700-sample part once as is and once at half the rate (350 samples)
+    assert len(train_aug) == 700 // WINDOW + 350 // WINDOW
+    np.testing.assert_array_equal(train_aug.x[: len(train_plain)], train_plain.x)
+    np.testing.assert_array_equal(test_aug.x, test_plain.x)
+    with pytest.raises(DatasetError, match="speed factors must lie in"):
+        WindowOptions(speed_factors=(1.0, 3.0))
+    with pytest.raises(DatasetError, match="speed factors must lie in"):
+        WindowOptions(speed_factors=())
+
+
 def test_class_not_in_given_names_and_bad_options_are_refused(tmp_path: Path) -> None:
     # Prepare
     rec = ramp_record(tmp_path, "r", "ball", 100)

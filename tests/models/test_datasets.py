@@ -210,13 +210,18 @@ def test_bad_rows_name_the_manifest_line_and_file(tmp_path: Path, row: str, mess
         load_manifest(manifest)
 
 
-def test_bad_timestamp_names_the_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("stamp", "message"), [("later", "is neither ISO 8601 nor a number"), ("nan", "is not finite")]
+)
+def test_bad_timestamp_names_the_line(tmp_path: Path, stamp: str, message: str) -> None:
     # Prepare
     touch_npz(tmp_path, "a.npz")
-    manifest = write_manifest(tmp_path, [f"{HEADER}\ttimestamp", "a.npz\tnormal\t12000\tde\tlater"])
+    manifest = write_manifest(
+        tmp_path, [f"{HEADER}\ttimestamp", f"a.npz\tnormal\t12000\tde\t{stamp}"]
+    )
 
     # Execute / Assert
-    with pytest.raises(DatasetError, match=r"line 2 \(a\.npz\): timestamp 'later' is neither"):
+    with pytest.raises(DatasetError, match=rf"line 2 \(a\.npz\): timestamp '{stamp}' {message}"):
         load_manifest(manifest)
 
 
