@@ -18,15 +18,6 @@ from models.registry import FileRegistry, ModelCard
 logger = logging.getLogger(__name__)
 
 
-def weighted_mean(site_metrics: dict[str, dict[str, float]], key: str) -> float | None:
-    """Mean of ``key`` over sites, weighted by their ``num-examples``."""
-    pairs = [(m[key], m.get("num-examples", 1.0)) for m in site_metrics.values() if key in m]
-    total = sum(w for _, w in pairs)
-    if not pairs or total <= 0:
-        return None
-    return sum(v * w for v, w in pairs) / total
-
-
 class RoundPublisher:
     """Callable for ``Strategy.start(evaluate_fn=...)``: publishes rounds >= 1."""
 
@@ -53,13 +44,7 @@ class RoundPublisher:
     def publish(self, server_round: int, arrays: ArrayRecord) -> ModelCard:
         """Export ``arrays`` and publish them with this round's metrics."""
         log = self.round_logs.get(server_round, RoundLog(server_round))
-        # Evaluation rows and training rows are stored per site in one dict; the aggregate
-        # figures are weighted by each site's examples of that phase.
-        metrics = {
-            key: value
-            for key in ("train-loss", "train-accuracy", "eval-loss", "eval-accuracy")
-            if (value := weighted_mean(log.site_metrics, key)) is not None
-        }
+        metrics = dict(log.aggregated)  # Flower's example-weighted means of this round
         net = build_model(self.cfg.network)
         net.load_state_dict(arrays.to_torch_state_dict())
         provenance = Provenance(

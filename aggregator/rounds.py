@@ -17,6 +17,7 @@ class RoundLog:
 
     server_round: int
     site_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    aggregated: dict[str, float] = field(default_factory=dict)
     failures: int = 0
 
     @property
@@ -33,8 +34,12 @@ def site_of(msg: Message) -> str:
     return f"node-{msg.metadata.src_node_id}"
 
 
-def record_replies(log: RoundLog, replies: Iterable[Message]) -> list[Message]:
-    """Add each reply's metrics to ``log`` under its site; return the replies as a list."""
+def record_replies(log: RoundLog, replies: Iterable[Message], phase: str) -> list[Message]:
+    """Add each reply's metrics to ``log`` under its site; return the replies as a list.
+
+    ``num-examples`` is kept per phase (``train-examples``, ``eval-examples``): a site trains
+    and evaluates on different windows.
+    """
     replies = list(replies)
     for msg in replies:
         if msg.has_error():
@@ -43,8 +48,7 @@ def record_replies(log: RoundLog, replies: Iterable[Message]) -> list[Message]:
         metrics = log.site_metrics.setdefault(site_of(msg), {})
         for record in msg.content.metric_records.values():
             for key, value in record.items():
-                if isinstance(value, int | float) and key != "num-examples":
-                    metrics[key] = float(value)
-                elif key == "num-examples" and isinstance(value, int | float):
-                    metrics["num-examples"] = float(value)
+                if isinstance(value, int | float):
+                    name = f"{phase}-examples" if key == "num-examples" else key
+                    metrics[name] = float(value)
     return replies

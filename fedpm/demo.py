@@ -28,6 +28,7 @@ from fedpm.health_watch import HealthWatch
 from fedpm.netutil import free_port
 from fedpm.procs import ProcessGroup
 from fedpm.scenario import DEMO_SITES, SiteSpec
+from fedpm.sensors import FRAME_SAMPLES, backlog_frames
 from models.fl_config import RunConfig
 from models.registry import FileRegistry, ModelCard
 
@@ -84,8 +85,8 @@ def app_dir() -> Path:
 
 
 def _expected_windows(site: SiteSpec, backlog_s: float, window_samples: int, fs: float) -> int:
-    frames = max(1, round(backlog_s * fs / 1024))
-    return len(site.assets) * ((frames * 1024) // window_samples)
+    samples = backlog_frames(backlog_s, fs) * FRAME_SAMPLES
+    return len(site.assets) * (samples // window_samples)
 
 
 def _wait_for_backlogs(

@@ -27,6 +27,14 @@ from models.simulator import BearingSignalStream, FaultMode
 logger = logging.getLogger(__name__)
 
 SENSOR_ID = "de"  # one drive-end accelerometer per asset
+FRAME_SAMPLES = 1024
+
+
+def backlog_frames(
+    seconds: float, sample_rate_hz: float, frame_samples: int = FRAME_SAMPLES
+) -> int:
+    """How many frames per asset a backlog of ``seconds`` is published as."""
+    return max(1, round(seconds * sample_rate_hz / frame_samples))
 
 
 def label_topic(site: str, asset_id: str) -> str:
@@ -52,7 +60,7 @@ class SiteSensors:
         host: str,
         port: int,
         *,
-        frame_samples: int = 1024,
+        frame_samples: int = FRAME_SAMPLES,
         client_id: str | None = None,
     ) -> None:
         self.site = site
@@ -124,7 +132,7 @@ class SiteSensors:
     def backlog(self, seconds: float) -> int:
         """Publish ``seconds`` of buffered history per asset, then its labels; returns end ns."""
         frame_ns = round(self.frame_samples * 1e9 / self.fs)
-        n_frames = max(1, round(seconds * self.fs / self.frame_samples))
+        n_frames = backlog_frames(seconds, self.fs, self.frame_samples)
         start_ns = time.time_ns() - n_frames * frame_ns
         t_ns = start_ns
         pending: list[mqtt.MQTTMessageInfo] = []

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+
+from fedpm.commands.options import add_json, add_manifest
 
 if TYPE_CHECKING:
     from models.bearing import BearingGeometry
@@ -38,7 +39,7 @@ _LABELS = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``diagnose`` options to `parser`."""
-    parser.add_argument("--manifest", type=Path, required=True, help="manifest (TSV or CSV)")
+    add_manifest(parser, "dataset manifest")
     parser.add_argument(
         "--bearing",
         required=True,
@@ -57,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="score in dB a defect needs to be called (default 12)",
     )
-    parser.add_argument("--json", type=Path, default=None, help="write the result as JSON here")
+    add_json(parser)
 
 
 def expected_verdict(fault_type: str) -> str | None:

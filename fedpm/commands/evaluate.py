@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fedpm.commands.options import add_filter, add_json, add_manifest
+
 if TYPE_CHECKING:
     from models.scoring import ClassificationReport
 
@@ -33,14 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--version", type=int, default=None, help="registry version (default: newest valid)"
     )
-    parser.add_argument("--manifest", type=Path, required=True, help="MANIFEST.tsv or .csv")
-    parser.add_argument(
-        "--filter",
-        action="append",
-        default=[],
-        metavar="COLUMN=V[,V]",
-        help="only records whose column is one of the values (COLUMN!=... drops); repeatable",
-    )
+    add_manifest(parser, "dataset manifest")
+    add_filter(parser)
     parser.add_argument(
         "--channels",
         default=None,
@@ -56,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--hop", type=int, default=None, help="hop between windows (default: window)"
     )
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime threads (default 1)")
-    parser.add_argument("--json", type=Path, default=None, help="write the result as JSON here")
+    add_json(parser)
     parser.add_argument("--png", type=Path, default=None, help="draw the confusion matrix here")
 
 
@@ -155,6 +151,8 @@ def _run(args: argparse.Namespace) -> tuple[dict[str, Any], ClassificationReport
 
     if not 0.0 <= args.start_fraction < 1.0:
         raise ValueError("--start-fraction must be in [0, 1)")
+    if not args.model.exists():
+        raise ValueError(f"no model at {args.model}: give a model.onnx file or a registry folder")
     if args.model.is_dir():
         registry = FileRegistry(args.model)
         if args.version is None:

@@ -21,6 +21,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fedpm.commands.options import add_json, add_manifest
+
 if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
@@ -37,7 +39,7 @@ DEFAULT_FAILURE_FACTOR = 1000.0
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``health`` options to `parser`."""
-    parser.add_argument("--manifest", type=Path, required=True, help="time-ordered manifest")
+    add_manifest(parser, "time-ordered manifest of one asset's records")
     parser.add_argument(
         "--baseline", type=int, required=True, help="first N records are healthy (N >= 8)"
     )
@@ -66,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_FAILURE_FACTOR,
         help=f"derived failure threshold / alarm threshold (default {DEFAULT_FAILURE_FACTOR:g})",
     )
-    parser.add_argument("--json", type=Path, default=None, help="write the result as JSON here")
+    add_json(parser)
     parser.add_argument("--png", type=Path, default=None, help="plot the trend to this PNG")
 
 

@@ -26,6 +26,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fedpm.commands.options import add_filter, add_json, add_manifest
+
 NAME = "train"
 HELP = "train a model centrally on a dataset manifest, score it, publish it to a registry"
 
@@ -33,15 +35,8 @@ HELP = "train a model centrally on a dataset manifest, score it, publish it to a
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``train`` options to ``parser``."""
     data = parser.add_argument_group("data")
-    data.add_argument("--manifest", type=Path, required=True, help="MANIFEST.tsv or .csv")
-    data.add_argument(
-        "--filter",
-        action="append",
-        default=[],
-        metavar="COLUMN=V[,V]",
-        help="keep records whose column is one of the values (COLUMN!=... drops them); "
-        "repeat to combine (all must hold)",
-    )
+    add_manifest(data, "dataset manifest")
+    add_filter(data)
     data.add_argument(
         "--test-filter",
         action="append",
@@ -99,7 +94,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--registry", type=Path, default=Path("var/registry"), help="registry to publish to"
     )
     out.add_argument("--no-publish", action="store_true", help="score only, publish nothing")
-    out.add_argument("--json", type=Path, default=None, help="write the result as JSON here")
+    add_json(out)
 
 
 def _split_kind(args: argparse.Namespace) -> str:

@@ -55,6 +55,14 @@ def test_federated_rounds_publish_verified_models(tmp_path: Path) -> None:
             metrics = card.site_metrics[site]
             assert 0.0 <= metrics["eval-accuracy"] <= 1.0
             assert metrics["train-loss"] > 0
+            # each phase keeps its own example count: 80 % of the windows train, 20 % evaluate
+            assert metrics["train-examples"] == 4 * metrics["eval-examples"]
+        # the card's figures are the example-weighted means over the sites
+        eval_weights = {s: card.site_metrics[s]["eval-examples"] for s in SITES}
+        expected = sum(
+            card.site_metrics[s]["eval-accuracy"] * w for s, w in eval_weights.items()
+        ) / sum(eval_weights.values())
+        assert card.metrics["eval-accuracy"] == pytest.approx(expected)
         _, data = registry.load_verified(card.version)
         model = OnnxClassifier(data)
         assert model.metadata.provenance.server_round == card.server_round

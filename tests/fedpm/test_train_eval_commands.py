@@ -295,6 +295,19 @@ def test_eval_refuses_a_file_that_is_not_a_model(
     assert "cannot load the model" in capsys.readouterr().err
 
 
+def test_eval_names_a_missing_model(
+    sim_set: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Execute
+    code = call(eval_cmd, ["--model", str(tmp_path / "nope.onnx"), "--manifest", str(sim_set)])
+
+    # Assert
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "no model at" in err
+    assert "Traceback" not in err
+
+
 # --- Real CWRU records -----------------------------------------------------------------------
 
 
