@@ -28,7 +28,6 @@ kurtosis, skewness, crest, shape and impulse factors). Printed: window and recor
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.data import cwru_dir
 from models import dataset_windows as dw
 from models.centralised import CentralisedConfig, predict_probabilities, train_centralised
 from models.datasets import RecordInfo, load_manifest
@@ -53,9 +53,7 @@ TASKS: dict[str, tuple[int, tuple[float, ...]]] = {
 
 
 def default_root() -> Path:
-    env = os.environ.get("FEDPM_CWRU_DIR")
-    here = Path(__file__).resolve().parents[1]
-    return Path(env) if env else here.parent / "shared" / "datasets" / "cwru-12k-drive-end"
+    return cwru_dir()
 
 
 def features(x: np.ndarray) -> np.ndarray:

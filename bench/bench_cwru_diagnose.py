@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
+from bench.data import cwru_dir
 from models.bearing import get_bearing
 from models.datasets import load_manifest, read_record
 from models.dsp.diagnosis import diagnose
@@ -32,10 +32,7 @@ METHODS = {"kurtogram": "kurtogram", "full band": None}
 
 
 def default_root() -> Path:
-    env = os.environ.get("FEDPM_CWRU_DIR")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cwru-12k-drive-end"
+    return cwru_dir()
 
 
 def truth(fault_type: str) -> str:

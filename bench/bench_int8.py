@@ -32,6 +32,7 @@ import onnxruntime as ort
 import torch
 from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
+from bench.data import cwru_dir
 from models.metadata import Provenance
 from models.network import NetworkConfig, build_model
 from models.onnx_export import export_onnx, metadata_for
@@ -40,7 +41,6 @@ from models.runtime import OnnxClassifier
 from models.training import evaluate, recalibrate_norm_statistics, train
 from models.windows import resample, windows_from_record
 
-REPO = Path(__file__).resolve().parents[1]
 FS = 12_000.0
 WINDOW = 2048
 TRAIN_FRACTION = 0.7
@@ -157,9 +157,7 @@ def payload(model: bytes) -> tuple[int, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument(
-        "--data", type=Path, default=REPO.parent / "shared/datasets/cwru-12k-drive-end"
-    )
+    parser.add_argument("--data", type=Path, default=cwru_dir())
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--calibration", type=int, default=256)
     parser.add_argument("--trials", type=int, default=15)

@@ -23,7 +23,11 @@ from models.onnx_export import export_onnx, metadata_for
 
 FS_HZ = 12_000.0
 CLASSES = ("normal", "inner_race", "outer_race", "ball")
-CWRU_DIR = Path("/work/shared/datasets/cwru-12k-drive-end")
+# as tests/conftest.py looks for it: $FEDPM_CWRU_DIR, else ../shared/datasets beside the checkout
+CWRU_DIR = Path(
+    os.environ.get("FEDPM_CWRU_DIR")
+    or Path(__file__).resolve().parents[3] / "shared" / "datasets" / "cwru-12k-drive-end"
+)
 T0_NS = 1_700_000_000 * 1_000_000_000
 
 
