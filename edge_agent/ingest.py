@@ -71,6 +71,10 @@ class Ingestor:
         self._site = site_id
         self._window_samples = window_samples
         self._windowers: dict[tuple[str, str, int], Windower] = {}
+        for key, partial in store.partial_windows().items():  # resume what a restart cut
+            self._windowers[key] = Windower(window_samples)
+            if len(partial.samples) < window_samples:
+                self._windowers[key].restore(partial)
         self._sensors: dict[tuple[str, str], SensorState] = store.sensor_states()
         self._throttle = Throttle(log_interval_s)
 
@@ -111,6 +115,7 @@ class Ingestor:
         counters = self._track_sequence(frame)
         samples = frame.samples_in_g()
         completed: dict[int, list[Window]] = {}
+        partials: dict[int, Window | None] = {}
         for channel in range(frame.channels):
             windower = self._windowers.get((asset_id, sensor_id, channel))
             if windower is None:
@@ -119,9 +124,16 @@ class Ingestor:
             done = windower.push(samples[channel], frame.timestamp_ns, frame.sample_rate_hz)
             if done:
                 completed[channel] = done
+            partials[channel] = windower.pending()
         end_ns = frame.end_timestamp_ns()
         self._store.record_frame(
-            asset_id, sensor_id, seq=frame.seq, end_ns=end_ns, windows=completed, counters=counters
+            asset_id,
+            sensor_id,
+            seq=frame.seq,
+            end_ns=end_ns,
+            windows=completed,
+            partials=partials,
+            counters=counters,
         )
         self._sensors[(asset_id, sensor_id)] = SensorState(frame.seq, end_ns)
 

@@ -73,7 +73,21 @@ CREATE TABLE sensors (
 ) WITHOUT ROWID;
 """
 
-MIGRATIONS: Final[tuple[str, ...]] = (_V1,)
+# v2: the samples of each channel's unfinished window, saved with every frame, so the samples
+# of frames already acknowledged to the broker survive a restart of the agent.
+_V2: Final = """
+CREATE TABLE partials (
+    asset_id       TEXT    NOT NULL,
+    sensor_id      TEXT    NOT NULL,
+    channel        INTEGER NOT NULL,
+    start_ns       INTEGER NOT NULL,
+    sample_rate_hz REAL    NOT NULL,
+    samples        BLOB    NOT NULL,                    -- float32 little-endian, < one window
+    PRIMARY KEY (asset_id, sensor_id, channel)
+) WITHOUT ROWID;
+"""
+
+MIGRATIONS: Final[tuple[str, ...]] = (_V1, _V2)
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 

@@ -179,16 +179,31 @@ class LocalStore:
         seq: int,
         end_ns: int,
         windows: Mapping[int, Sequence[Window]],
+        partials: Mapping[int, Window | None] | None = None,
         counters: Mapping[str, int] | None = None,
     ) -> list[int]:
         """Store what one frame completed, in one transaction.
 
-        Inserts the frame's complete windows per channel, moves the sensor's sequence position
-        to ``seq`` (so a redelivery after a restart is recognised) and adds ``counters``.
+        Inserts the frame's complete windows per channel, saves each channel's unfinished
+        window (``partials``; ``None`` clears it), moves the sensor's sequence position to
+        ``seq`` (so a redelivery after a restart is recognised) and adds ``counters``.
         """
         now = time.time_ns()
         with self._write() as conn:
             ids = self._insert_windows(conn, asset_id, sensor_id, windows)
+            for channel, part in (partials or {}).items():
+                key = (asset_id, sensor_id, channel)
+                if part is None:
+                    conn.execute(
+                        "DELETE FROM partials WHERE asset_id = ? AND sensor_id = ? AND channel = ?",
+                        key,
+                    )
+                else:
+                    conn.execute(
+                        "INSERT OR REPLACE INTO partials (asset_id, sensor_id, channel, start_ns,"
+                        " sample_rate_hz, samples) VALUES (?, ?, ?, ?, ?, ?)",
+                        (*key, part.start_ns, part.sample_rate_hz, to_blob(part.samples)),
+                    )
             conn.execute(
                 "INSERT INTO sensors (asset_id, sensor_id, last_seq, last_end_ns, updated_ns)"
                 " VALUES (?, ?, ?, ?, ?) ON CONFLICT (asset_id, sensor_id) DO UPDATE SET"
@@ -243,6 +258,18 @@ class LocalStore:
     def count_windows(self) -> int:
         """Number of stored windows."""
         return self._scalar("SELECT count(*) FROM windows")
+
+    def partial_windows(self) -> dict[tuple[str, str, int], Window]:
+        """Each (asset, sensor, channel)'s unfinished window saved by :meth:`record_frame`."""
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT asset_id, sensor_id, channel, start_ns, sample_rate_hz, samples"
+                " FROM partials"
+            ).fetchall()
+        return {
+            (a, s, c): Window(t, fs, np.frombuffer(blob, dtype=LE_F32).astype(np.float32))
+            for a, s, c, t, fs, blob in rows
+        }
 
     def sensor_states(self) -> dict[tuple[str, str], SensorState]:
         """Last stored sequence position per (asset, sensor)."""

@@ -45,6 +45,15 @@ class DemoOptions:
     json_path: Path | None = None
     sites: tuple[SiteSpec, ...] = DEMO_SITES
 
+    def __post_init__(self) -> None:
+        if not 1 <= self.rounds <= 100 or not 1 <= self.local_epochs <= 50:
+            raise ValueError("--rounds must be in 1..100 and --local-epochs in 1..50")
+        if not 5.0 <= self.backlog_s <= 600.0:
+            # below ~5 s a site's time split leaves too few windows per class to train on
+            raise ValueError(f"--backlog-s must be in 5..600 s, got {self.backlog_s:g}")
+        if not 3 <= self.held_out_windows <= 256:
+            raise ValueError("--held-out-windows must be in 3..256 (per class, one request)")
+
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 

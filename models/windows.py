@@ -54,6 +54,19 @@ class Windower:
         """Forget the partial window."""
         self._buffer = np.zeros(0, np.float32)
 
+    def pending(self) -> Window | None:
+        """The partial window collected so far (shorter than a window), or ``None``."""
+        if not len(self._buffer):
+            return None
+        return Window(self._buffer_start_ns, self._fs, self._buffer.copy())
+
+    def restore(self, partial: Window) -> None:
+        """Continue from a partial window saved with :meth:`pending` (e.g. before a restart)."""
+        if len(partial.samples) >= self.window_samples:
+            raise SignalError("a partial window must be shorter than a window")
+        self._buffer = np.asarray(partial.samples, dtype=np.float32).reshape(-1).copy()
+        self._buffer_start_ns, self._fs = partial.start_ns, partial.sample_rate_hz
+
     def push(self, samples: npt.ArrayLike, start_ns: int, sample_rate_hz: float) -> list[Window]:
         """Add a chunk that starts at ``start_ns`` and return the windows it completes."""
         x = np.asarray(samples, dtype=np.float32).reshape(-1)

@@ -280,3 +280,23 @@ def test_frames_at_another_rate_are_windowed_at_their_rate(store: LocalStore) ->
     assert [w.sample_rate_hz for w in stored] == [fs, fs]
     assert stored[0].end_ns - stored[0].start_ns == round(WINDOW * 1e9 / fs)
     assert fs != FS_HZ
+
+
+def test_a_restart_loses_no_sample_of_acknowledged_frames(tmp_path: Path) -> None:
+    # Prepare: 10 frames of 512 samples = 2.5 windows; the agent stops after frame 5
+    # (1 window stored, half a window pending) and a new agent takes over on the same store
+    x = cwru_or_synthetic(10 * 512)
+    frames = [encode_binary(f) for f in make_frames(x, 512)]
+    path = tmp_path / "store.sqlite"
+    with LocalStore(path) as store:
+        ingest_all(Ingestor(store, SITE, WINDOW), frames[:6])
+
+    # Execute
+    with LocalStore(path) as store:
+        ingest_all(Ingestor(store, SITE, WINDOW), frames[6:])
+        stored = store.unscored_windows(0, limit=10)
+
+    # Assert: the second window spans the restart and holds exactly the published samples
+    assert len(stored) == 2
+    assert stored[1].start_ns == T0_NS + round(2048 * 1e9 / FS_HZ)
+    np.testing.assert_array_equal(np.concatenate([w.samples for w in stored]), x[: 2 * 2048])

@@ -295,3 +295,32 @@ def test_reader_process_while_another_process_writes(tmp_path: Path) -> None:
     assert seen == sorted(seen)
     assert len(set(seen)) > 3  # the reads really overlapped the writes
     assert final == batches * 5
+
+
+def test_a_version_1_store_is_migrated_in_place(tmp_path: Path) -> None:
+    # Prepare: a store as the first agent release left it, with one window in it
+    from edge_agent.schema import MIGRATIONS
+
+    path = tmp_path / "v1.sqlite"
+    raw = sqlite3.connect(path)
+    raw.executescript(MIGRATIONS[0] + "PRAGMA user_version = 1;")
+    raw.execute(
+        "INSERT INTO windows (asset_id, sensor_id, channel, start_ns, end_ns, sample_rate_hz,"
+        " n_samples, samples, created_ns) VALUES ('p', 's', 0, 0, 1, 1000.0, 1, ?, 0)",
+        (np.zeros(1, "<f4").tobytes(),),
+    )
+    raw.commit()
+    raw.close()
+
+    # Execute
+    with LocalStore(path) as store:
+        version, windows, partials = (
+            store.schema_version(),
+            store.count_windows(),
+            store.partial_windows(),
+        )
+
+    # Assert
+    assert version == SCHEMA_VERSION == 2
+    assert windows == 1
+    assert partials == {}

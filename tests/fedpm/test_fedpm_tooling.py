@@ -125,3 +125,30 @@ def test_fedpm_cli_reports_errors_in_one_line() -> None:
     assert result.returncode == 2
     assert "unknown demo site 'no-such-site'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--rounds", "0"], "--rounds must be"),
+        (["--backlog-s", "1"], "--backlog-s must be in 5..600"),
+        (["--held-out-windows", "1000"], "--held-out-windows must be"),
+    ],
+)
+def test_demo_refuses_bad_options_before_starting_anything(
+    flags: list[str], message: str, tmp_path: Path
+) -> None:
+    # Execute
+    result = subprocess.run(
+        [sys.executable, "-m", "fedpm", "demo", "--workdir", str(tmp_path / "w"), *flags],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    # Assert
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "w").exists()

@@ -354,3 +354,24 @@ def test_windows_from_record_flattens_its_input() -> None:
 def test_windows_from_record_rejects_bad_sizes(window: int, hop: int | None) -> None:
     with pytest.raises(SignalError):
         windows_from_record(ramp(1_000), window, hop)
+
+
+def test_windower_resumes_from_a_saved_partial_window() -> None:
+    # Prepare
+    x = np.arange(3000, dtype=np.float32)
+    first = Windower(1024)
+    first.push(x[:1500], 0, 1000.0)
+    saved = first.pending()
+    assert saved is not None
+
+    # Execute
+    second = Windower(1024)
+    second.restore(saved)
+    windows = second.push(x[1500:], 1_500_000_000, 1000.0)
+
+    # Assert
+    assert [w.start_ns for w in windows] == [1_024_000_000]
+    np.testing.assert_array_equal(windows[0].samples, x[1024:2048])
+    assert Windower(1024).pending() is None
+    with pytest.raises(SignalError):
+        Windower(4).restore(saved)
