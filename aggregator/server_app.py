@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import logging
 
-import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context
+from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from aggregator.publish import RoundPublisher
@@ -22,8 +21,9 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run ``num-server-rounds`` rounds of FedAvg and publish each round's model."""
+    # Both apps read the hyper-parameters from the run config (models.fl_config); the train
+    # messages carry only the weights and Flower's server-round.
     cfg = RunConfig.from_run_config(context.run_config)
-    torch.manual_seed(cfg.seed)
     net = build_model(cfg.network, seed=cfg.seed)
     strategy = RecordingFedAvg(
         fraction_train=cfg.fraction_train,
@@ -40,9 +40,6 @@ def main(grid: Grid, context: Context) -> None:
         initial_arrays=ArrayRecord(net.state_dict()),
         num_rounds=cfg.num_server_rounds,
         timeout=cfg.round_timeout_s,
-        train_config=ConfigRecord(
-            {"learning-rate": cfg.learning_rate, "local-epochs": cfg.local_epochs}
-        ),
         evaluate_fn=publisher,
     )
     logger.info("run %s finished: %d versions published", context.run_id, len(publisher.published))
