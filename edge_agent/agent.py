@@ -101,7 +101,7 @@ def run_worker(role: str, settings: AgentSettings, ready: Event) -> None:
     The ingest worker sets ``ready`` once its subscriptions are acknowledged.
     """
     if role == "ingest":
-        from edge_agent.ingest import run_ingest
+        from edge_agent.ingest_worker import run_ingest
 
         run_ingest(settings, ready.set)
     else:

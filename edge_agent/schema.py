@@ -87,7 +87,56 @@ CREATE TABLE partials (
 ) WITHOUT ROWID;
 """
 
-MIGRATIONS: Final[tuple[str, ...]] = (_V1, _V2)
+# v3: what the factory-floor agent keeps besides raw windows. Raw windows are the first to go
+# when the disk budget is reached; features, labels, alarms and the outbox are kept longer.
+_V3: Final = """
+CREATE TABLE dead_letters (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    received_ns   INTEGER NOT NULL,
+    topic         TEXT    NOT NULL,
+    reason        TEXT    NOT NULL,
+    detail        TEXT    NOT NULL,
+    payload_bytes INTEGER NOT NULL,                     -- size of the whole message
+    payload       BLOB    NOT NULL                      -- its first bytes (bounded)
+);
+
+CREATE TABLE features (
+    window_id  INTEGER PRIMARY KEY,                     -- no foreign key: outlives the window
+    asset_id   TEXT    NOT NULL,
+    sensor_id  TEXT    NOT NULL,
+    channel    INTEGER NOT NULL,
+    start_ns   INTEGER NOT NULL,
+    values_json TEXT   NOT NULL                         -- JSON object: feature -> value
+);
+CREATE INDEX features_asset_time ON features (asset_id, start_ns);
+
+CREATE TABLE alarms (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts_ns     INTEGER NOT NULL,
+    source    TEXT    NOT NULL,                         -- 'asset' or 'agent'
+    subject   TEXT    NOT NULL,                         -- asset id, or the agent part
+    state     TEXT    NOT NULL,                         -- normal/warning/alarm, or raised/cleared
+    detail    TEXT    NOT NULL                          -- JSON object: the evidence
+);
+CREATE INDEX alarms_subject_time ON alarms (subject, ts_ns);
+
+CREATE TABLE baselines (
+    asset_id      TEXT    NOT NULL,
+    model_version INTEGER NOT NULL,
+    fitted_ns     INTEGER NOT NULL,
+    n_windows     INTEGER NOT NULL,
+    payload       BLOB    NOT NULL,                     -- serialised models.anomaly baseline
+    PRIMARY KEY (asset_id, model_version)
+) WITHOUT ROWID;
+
+CREATE TABLE outbox (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,       -- delivery order
+    created_ns INTEGER NOT NULL,
+    line       TEXT    NOT NULL                         -- one InfluxDB line-protocol point
+);
+"""
+
+MIGRATIONS: Final[tuple[str, ...]] = (_V1, _V2, _V3)
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 

@@ -21,6 +21,7 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sqlite3
@@ -161,6 +162,17 @@ class LocalStore:
             yield self._conn
         except sqlite3.Error as exc:
             raise StoreError(f"read from {self.path} failed: {exc}") from exc
+
+    def transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` write transaction (committed on exit, rolled back on error).
+
+        For modules that keep their own tables in the store (:mod:`edge_agent.outbox`).
+        """
+        return self._write()
+
+    def reader(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """The connection for reads, with SQLite errors raised as :class:`StoreError`."""
+        return self._read()
 
     # --- windows --------------------------------------------------------------------------
 

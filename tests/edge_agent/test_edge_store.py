@@ -321,6 +321,6 @@ def test_a_version_1_store_is_migrated_in_place(tmp_path: Path) -> None:
         )
 
     # Assert
-    assert version == SCHEMA_VERSION == 2
+    assert version == SCHEMA_VERSION == 3
     assert windows == 1
     assert partials == {}
