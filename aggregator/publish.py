@@ -1,4 +1,8 @@
-"""Export each round's global model to ONNX and publish it to the model registry."""
+"""Export each round's global model to ONNX and publish it to the model registry.
+
+With ``signing-key`` in the run config (a path to an Ed25519 private key, ``fedpm keys
+generate``), every version is published with a detached signature that edge agents verify.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from models.metadata import Provenance
 from models.network import build_model
 from models.onnx_export import export_onnx, metadata_for
 from models.registry import FileRegistry, ModelCard
+from models.signing import key_id, load_private_key
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +38,14 @@ class RoundPublisher:
         self.run_id = run_id
         self.round_logs = round_logs
         self.published: list[ModelCard] = []
+        # read once, at start: a missing or bad key fails the run before any training
+        self.signing_key = load_private_key(cfg.signing_key) if cfg.signing_key else None
+        if self.signing_key is not None:
+            logger.info(
+                "models will be signed with key %s (%s)",
+                key_id(self.signing_key.public_key()),
+                cfg.signing_key,
+            )
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         """Publish the global model of ``server_round`` (round 0, the initial model, is not)."""
@@ -69,13 +82,15 @@ class RoundPublisher:
             sites=log.sites,
             metrics=metrics,
             site_metrics=log.site_metrics,
+            signing_key=self.signing_key,
         )
         logger.info(
-            "round %d published as %s to %s (sites: %s)",
+            "round %d published as %s to %s (sites: %s, %s)",
             server_round,
             card.label,
             Path(self.registry.root).resolve(),
             ", ".join(log.sites) or "none",
+            "signed" if self.signing_key is not None else "unsigned",
         )
         self.published.append(card)
         return card

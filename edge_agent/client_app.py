@@ -1,7 +1,18 @@
 """Flower ClientApp: train and evaluate the shared model on this site's local store.
 
-Node config (``flower-supernode --node-config``): ``store-path`` (the edge agent's SQLite store)
-and ``site-id``. Only weights and metrics leave the site, never windows.
+Node config (``flower-supernode --node-config``): ``store-path`` (the edge agent's SQLite store),
+``site-id`` and optionally ``anomaly-false-alarm-rate`` (0.05 by default). Only weights and
+metrics leave the site, never windows.
+
+Training uses the windows inside labels of the model's classes. Evaluation reports, besides
+loss and accuracy on the latest part of each labelled recording, how the model's embedding
+serves as a per-asset anomaly detector (`edge_agent.baselines.evaluate_anomaly`): a baseline
+fitted on each asset's earlier unlabelled (or ``normal``) windows outside fault labels, tested
+on its later ones (``anomaly-healthy-flagged`` of ``anomaly-healthy-windows``: false alarms)
+and on its windows inside fault labels (``anomaly-fault-detected`` of
+``anomaly-fault-windows``). They are counts, so that the server's weighted means pool them:
+the federation's false-alarm rate is ``anomaly-healthy-flagged / anomaly-healthy-windows`` of
+the aggregate.
 """
 
 from __future__ import annotations
@@ -9,6 +20,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -22,6 +34,9 @@ from models.training import evaluate, time_split, train
 logger = logging.getLogger(__name__)
 
 app = ClientApp()
+
+DEFAULT_FALSE_ALARM_RATE = 0.05
+EMBED_BATCH = 256
 
 
 def _site(context: Context) -> str:
@@ -91,6 +106,45 @@ def train_handler(msg: Message, context: Context) -> Message:
     return Message(content=content, reply_to=msg)
 
 
+def _anomaly_metrics(net: WDCNN, cfg: RunConfig, context: Context) -> dict[str, int]:
+    """Per-asset anomaly detection with the model's embedding, as counts over the site."""
+    from edge_agent.baselines import evaluate_anomaly
+
+    raw = context.node_config.get("anomaly-false-alarm-rate", DEFAULT_FALSE_ALARM_RATE)
+    try:
+        rate = float(str(raw))
+    except ValueError:
+        rate = float("nan")
+    if not 0.0 < rate < 0.5:
+        raise ValueError(f"node config 'anomaly-false-alarm-rate' must be in (0, 0.5), got {raw!r}")
+
+    def embed_windows(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+        rows = []
+        net.eval()
+        with torch.no_grad():
+            for start in range(0, len(x), EMBED_BATCH):
+                _, embedding = net(torch.from_numpy(x[start : start + EMBED_BATCH]))
+                rows.append(embedding.numpy().astype(np.float64))
+        return np.concatenate(rows) if rows else np.zeros((0, 1))
+
+    path = str(context.node_config["store-path"])
+    with LocalStore(path, readonly=True) as store, store.reader() as conn:
+        counts = evaluate_anomaly(
+            conn,
+            embed_windows,
+            sample_rate_hz=cfg.sample_rate_hz,
+            window_samples=cfg.window_samples,
+            false_alarm_rate=rate,
+        )
+    return {
+        "anomaly-assets": counts.assets,
+        "anomaly-healthy-windows": counts.healthy_windows,
+        "anomaly-healthy-flagged": counts.healthy_flagged,
+        "anomaly-fault-windows": counts.fault_windows,
+        "anomaly-fault-detected": counts.fault_detected,
+    }
+
+
 @app.evaluate()
 def evaluate_handler(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on the latest part of each local recording."""
@@ -101,6 +155,7 @@ def evaluate_handler(msg: Message, context: Context) -> Message:
             "eval-loss": result.loss,
             "eval-accuracy": result.accuracy,
             "num-examples": result.num_examples,
+            **_anomaly_metrics(net, cfg, context),
         }
     )
     content = RecordDict({"metrics": metrics, "site": ConfigRecord({"site-id": _site(context)})})

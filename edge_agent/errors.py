@@ -5,11 +5,20 @@ Exception tree::
     EdgeAgentError              base class; ``exit_code`` says how the process ends
     ├── ConfigError             invalid settings or command line                    (exit 10)
     ├── StoreError              the local SQLite store cannot be opened or written  (exit 11)
-    │   └── SchemaError         the store's schema is newer than this agent knows   (exit 11)
+    │   ├── SchemaError         the store's schema is newer than this agent knows   (exit 11)
+    │   └── StoreFullError      a write does not fit the disk budget or the disk    (exit 11)
     ├── BrokerUnreachableError  no MQTT connection within the start-up deadline     (exit 12)
     ├── RegistryError           the model registry path is unusable                 (exit 13)
     ├── WorkerError             an agent worker process died unexpectedly           (exit 14)
-    └── MessageRejected         one MQTT message refused (counted, never fatal)
+    ├── MessageRejected         one MQTT message refused (counted, never fatal)
+    ├── LabelImportError        a labels CSV has bad rows (nothing imported)        (CLI exit 1)
+    └── SinkError               the telemetry sink failed (retried, never fatal)
+        ├── SinkUnavailableError  down, timing out, 5xx or 429: retried with backoff
+        ├── SinkRefusedError      401/403/404: credentials or bucket wrong, retried slowly
+        └── SinkRejectedError     400/413/422: a point refused, isolated to the dead letters
+
+``LabelImportError`` lives in :mod:`edge_agent.labels_csv` and the sink errors in
+:mod:`edge_agent.telemetry`, beside the code that raises them.
 
 Third-party errors (``sqlite3.Error``, ``OSError`` from paho, ``models.errors.FrameError``)
 are translated into these at the module that meets them (``raise StoreError(...) from exc``).
@@ -53,6 +62,13 @@ class StoreError(EdgeAgentError):
 
 class SchemaError(StoreError):
     """The store was written by a newer agent (its ``user_version`` is unknown here)."""
+
+
+class StoreFullError(StoreError):
+    """A write cannot be made within the store's disk budget, or the disk itself is full.
+
+    Nothing of the refused transaction is kept; the caller must not acknowledge what it held.
+    """
 
 
 class BrokerUnreachableError(EdgeAgentError):

@@ -1,13 +1,23 @@
 """Frame and label messages of one site in, windows and labels into the local store.
 
 :class:`Ingestor` is the transport-free part of the ingest worker (``handle(topic, payload)``:
-decode, validate, track sequences, window, store), so a file replay or a test can drive it
-without a broker. The MQTT side is :mod:`edge_agent.ingest_worker`.
+check, decode, validate, track sequences, window, store), so a file replay or a test can drive
+it without a broker. The MQTT side is :mod:`edge_agent.ingest_worker`.
+
+Bad input never stops ingestion: every refused message is counted by reason (the store's
+``rejects``), logged at most once per reason per ``log_interval_s``, and kept as a dead letter
+(:meth:`LocalStore.record_reject`), except ``duplicate`` (normal QoS 1 redelivery, counted
+only). Reasons besides the codec's (:data:`models.frame.FRAME_ERROR_REASONS`) and the label
+parser's: ``payload_too_large`` (checked before decoding), ``unknown_sensor`` (not in the
+allowlist), ``bad_sample_rate`` (outside the configured range), ``bad_topic``,
+``topic_mismatch``, ``duplicate``, ``out_of_order`` and ``internal_error`` (a bug).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
+from typing import TYPE_CHECKING
 
 from edge_agent import topics
 from edge_agent.errors import MessageRejected, StoreError
@@ -15,13 +25,18 @@ from edge_agent.logs import Throttle
 from edge_agent.messages import LabelEvent
 from edge_agent.store import LocalStore, SensorState
 from models.errors import FrameError
-from models.frame import Frame, decode
+from models.frame import MAX_SAMPLE_RATE_HZ, Frame, decode
 from models.windows import Window, Windower
+
+if TYPE_CHECKING:
+    from edge_agent.settings import AgentSettings
 
 logger = logging.getLogger(__name__)
 
 #: Reasons that are normal MQTT behaviour, logged at DEBUG rather than WARNING.
 QUIET_REASONS = frozenset({"duplicate"})
+#: Reasons counted but not kept as dead letters.
+NOT_DEAD_LETTERED = frozenset({"duplicate"})
 
 
 class Ingestor:
@@ -37,6 +52,17 @@ class Ingestor:
         Samples per stored window (per channel).
     log_interval_s
         At most one warning per reject reason per interval.
+    sensors
+        Accepted ``"asset/sensor"`` pairs; ``None`` accepts every sensor of the site.
+    max_payload_bytes
+        Larger messages are refused before decoding (``payload_too_large``).
+    sample_rate_range_hz
+        Accepted sample rates ``(low, high)`` in Hz, both inclusive.
+
+    Raises
+    ------
+    ValueError
+        A limit is not positive or the rate range is empty.
     """
 
     def __init__(
@@ -46,10 +72,21 @@ class Ingestor:
         window_samples: int,
         *,
         log_interval_s: float = 10.0,
+        sensors: Collection[str] | None = None,
+        max_payload_bytes: int | None = None,
+        sample_rate_range_hz: tuple[float, float] = (0.0, MAX_SAMPLE_RATE_HZ),
     ) -> None:
+        low, high = sample_rate_range_hz
+        if not 0.0 <= low < high:
+            raise ValueError(f"sample_rate_range_hz must be 0 <= low < high, got {low}, {high}")
+        if max_payload_bytes is not None and max_payload_bytes < 1:
+            raise ValueError(f"max_payload_bytes must be positive, got {max_payload_bytes}")
         self._store = store
         self._site = site_id
         self._window_samples = window_samples
+        self._sensors_allowed = None if sensors is None else frozenset(sensors)
+        self._max_payload = max_payload_bytes
+        self._rates = (low, high)
         self._windowers: dict[tuple[str, str, int], Windower] = {}
         for key, partial in store.partial_windows().items():  # resume what a restart cut
             self._windowers[key] = Windower(window_samples)
@@ -57,6 +94,25 @@ class Ingestor:
                 self._windowers[key].restore(partial)
         self._sensors: dict[tuple[str, str], SensorState] = store.sensor_states()
         self._throttle = Throttle(log_interval_s)
+
+    @classmethod
+    def from_settings(cls, store: LocalStore, settings: AgentSettings) -> Ingestor:
+        """An ingestor with the site, window length and input limits of ``settings``.
+
+        The payload limit is also kept under half of the store's per-transaction allowance
+        (:attr:`LocalStore.max_batch_bytes`) so that one frame always fits the disk budget.
+        """
+        limit = settings.max_payload_bytes
+        if store.max_batch_bytes is not None:
+            limit = min(limit, max(1, store.max_batch_bytes // 2))
+        return cls(
+            store,
+            settings.site_id,
+            settings.window_samples,
+            sensors=settings.sensors,
+            max_payload_bytes=limit,
+            sample_rate_range_hz=(settings.min_sample_rate_hz, settings.max_sample_rate_hz),
+        )
 
     def handle(self, topic: str, payload: bytes | bytearray) -> None:
         """Process one message; a bad one is counted and logged, never raised.
@@ -67,6 +123,11 @@ class Ingestor:
             The store could not be written (the message must not be acknowledged).
         """
         try:
+            if self._max_payload is not None and len(payload) > self._max_payload:
+                raise MessageRejected(
+                    "payload_too_large",
+                    f"{len(payload)} bytes, the limit is {self._max_payload}",
+                )
             if topic.endswith("/frames"):
                 self._frame(topic, payload)
             elif topic.endswith("/labels"):
@@ -74,18 +135,28 @@ class Ingestor:
             else:
                 raise MessageRejected("bad_topic", f"unexpected topic {topic!r:.200}")
         except MessageRejected as exc:
-            self._reject(exc.reason, str(exc), topic)
+            self._reject(exc.reason, str(exc), topic, payload)
         except StoreError:
             raise
         except Exception as exc:  # a bug must not turn one message into a crash loop
-            self._reject("internal_error", f"{type(exc).__name__}: {exc}", topic, exc_info=True)
+            detail = f"{type(exc).__name__}: {exc}"
+            self._reject("internal_error", detail, topic, payload, exc_info=True)
 
     def _frame(self, topic: str, payload: bytes | bytearray) -> None:
         asset_id, sensor_id = topics.parse_frame_topic(topic, self._site)
+        allowed = self._sensors_allowed
+        if allowed is not None and f"{asset_id}/{sensor_id}" not in allowed:
+            raise MessageRejected("unknown_sensor", f"{asset_id}/{sensor_id} is not configured")
         try:
             frame = decode(payload)
         except FrameError as exc:
             raise MessageRejected(exc.reason, str(exc)) from exc
+        low, high = self._rates
+        if not low <= frame.sample_rate_hz <= high:
+            raise MessageRejected(
+                "bad_sample_rate",
+                f"{frame.sample_rate_hz:g} Hz is outside the accepted [{low:g}, {high:g}] Hz",
+            )
         if (frame.asset_id, frame.sensor_id) != (asset_id, sensor_id):
             raise MessageRejected(
                 "topic_mismatch",
@@ -170,8 +241,17 @@ class Ingestor:
             event.source,
         )
 
-    def _reject(self, reason: str, detail: str, topic: str, *, exc_info: bool = False) -> None:
-        self._store.add_rejects({reason: 1})
+    def _reject(
+        self,
+        reason: str,
+        detail: str,
+        topic: str,
+        payload: bytes | bytearray,
+        *,
+        exc_info: bool = False,
+    ) -> None:
+        kept = None if reason in NOT_DEAD_LETTERED else payload
+        self._store.record_reject(reason, topic=topic, detail=detail, payload=kept)
         suppressed = self._throttle.allow(reason)
         if suppressed is None:
             return

@@ -3,20 +3,28 @@
 MQTT v5, callback API version 2, credentials and TLS from settings, reconnection with a
 capped exponential backoff (``reconnect_delay_set``), and a first connection that retries
 until a deadline and then raises :class:`BrokerUnreachableError` (exit code 12).
+
+TLS (``mqtt_tls = true``) always verifies the broker: its certificate must chain to
+``mqtt_ca_file`` (or to the system's CAs when unset) and name ``mqtt_host`` (DNS or IP
+subject alternative name). The client authenticates with username and password, with a
+client certificate (``mqtt_cert_file`` and ``mqtt_key_file``), or both. A broker whose
+certificate fails verification is refused at once: retrying cannot fix it.
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge_agent.errors import BrokerUnreachableError
+from edge_agent.errors import BrokerUnreachableError, ConfigError
 from edge_agent.settings import AgentSettings
 
 logger = logging.getLogger(__name__)
@@ -34,11 +42,53 @@ def make_client(settings: AgentSettings, client_id: str) -> mqtt.Client:
     if settings.mqtt_username is not None and settings.mqtt_password is not None:
         client.username_pw_set(settings.mqtt_username, settings.mqtt_password.get_secret_value())
     if settings.mqtt_tls:
-        ca = str(settings.mqtt_ca_file) if settings.mqtt_ca_file is not None else None
-        client.tls_set(ca_certs=ca)
+        client.tls_set_context(tls_context(settings))
     client.reconnect_delay_set(min_delay=1, max_delay=settings.reconnect_max_delay_s)
     client.enable_logger(logging.getLogger(f"paho.{client_id}"))
     return client
+
+
+def tls_context(settings: AgentSettings) -> ssl.SSLContext:
+    """The client-side TLS context of ``settings``: server verified, hostname checked.
+
+    Raises
+    ------
+    ConfigError
+        The CA file, client certificate or key cannot be read or is not valid PEM, or the key
+        does not match the certificate.
+    """
+    ca_file = settings.mqtt_ca_file
+    for role, path in (
+        ("mqtt_ca_file", ca_file),
+        ("mqtt_cert_file", settings.mqtt_cert_file),
+        ("mqtt_key_file", settings.mqtt_key_file),
+    ):
+        if path is not None:
+            _check_readable(role, path)
+    try:
+        context = ssl.create_default_context(
+            ssl.Purpose.SERVER_AUTH, cafile=None if ca_file is None else str(ca_file)
+        )
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(f"mqtt_ca_file {ca_file} holds no usable CA certificate: {exc}") from exc
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if settings.mqtt_cert_file is not None and settings.mqtt_key_file is not None:
+        try:
+            context.load_cert_chain(str(settings.mqtt_cert_file), str(settings.mqtt_key_file))
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(
+                f"cannot load the MQTT client certificate {settings.mqtt_cert_file} with key "
+                f"{settings.mqtt_key_file} (PEM, unencrypted key matching the certificate): {exc}"
+            ) from exc
+    return context
+
+
+def _check_readable(role: str, path: Path) -> None:
+    try:
+        with path.open("rb") as handle:
+            handle.read(1)
+    except OSError as exc:
+        raise ConfigError(f"{role} {path} cannot be read: {exc.strerror or exc}") from exc
 
 
 def session_properties(expiry_s: int) -> Properties:
@@ -78,6 +128,13 @@ def connect(
                 properties=properties,
             )
             return True
+        except ssl.SSLCertVerificationError as exc:
+            raise BrokerUnreachableError(
+                f"MQTT broker {settings.mqtt_host}:{settings.mqtt_port} failed TLS verification "
+                f"({exc.verify_message or exc}); check mqtt_ca_file "
+                f"({settings.mqtt_ca_file or 'system CAs'}) and that mqtt_host matches the "
+                "broker certificate's names"
+            ) from exc
         except OSError as exc:
             if time.monotonic() + delay > deadline:
                 raise BrokerUnreachableError(

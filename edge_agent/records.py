@@ -60,6 +60,31 @@ class Score:
 
 
 @dataclass(frozen=True)
+class DeadLetter:
+    """A refused message kept for inspection: why, where from, and its first bytes."""
+
+    id: int
+    received_ns: int
+    topic: str
+    reason: str
+    detail: str
+    payload_bytes: int
+    payload: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class AlarmRecord:
+    """One row of the alarms table: an asset's health state or an agent condition."""
+
+    id: int
+    ts_ns: int
+    source: str
+    subject: str
+    state: str
+    detail: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
 class SensorState:
     """Where a sensor's frame sequence stood after the last stored frame."""
 

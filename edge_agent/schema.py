@@ -88,7 +88,8 @@ CREATE TABLE partials (
 """
 
 # v3: what the factory-floor agent keeps besides raw windows. Raw windows are the first to go
-# when the disk budget is reached; features, labels, alarms and the outbox are kept longer.
+# when the disk budget is reached, then dead letters; the outbox and features only when nothing
+# else is left; labels, alarms and baselines never (edge_agent.budget.EVICTION_ORDER).
 _V3: Final = """
 CREATE TABLE dead_letters (
     id            INTEGER PRIMARY KEY AUTOINCREMENT,

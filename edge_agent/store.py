@@ -1,12 +1,10 @@
-"""The site's local store: windows, labels, scores and counters in one SQLite file.
+"""The site's local store: windows, labels, scores, counters and dead letters in one SQLite file.
 
 Ingestion and training meet only here: the ingest worker writes windows and labels, the
 inference worker writes scores, and the Flower ClientApp opens the file ``readonly=True`` to
-read labelled windows. The file is in WAL mode (readers never block the writer and see only
-committed transactions), ``synchronous=NORMAL`` (a committed transaction survives a process
-crash; a power cut may lose the last few) and every write is one ``BEGIN IMMEDIATE``
-transaction, so several processes may write with ``busy_timeout`` serialising them.
-The schema lives in :mod:`edge_agent.schema`.
+read labelled windows. Connection, transactions, group commit (:meth:`LocalStore.batch`), the
+disk budget and agent alarms are in :mod:`edge_agent.store_base`; the schema in
+:mod:`edge_agent.schema`; the design in ``docs/edge-store.md``.
 
 Examples
 --------
@@ -21,22 +19,22 @@ Examples
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edge_agent.errors import SchemaError, StoreError
+from edge_agent.errors import StoreError, StoreFullError
+from edge_agent.integrity import quarantine, quick_check
 from edge_agent.records import (
     LE_F32,
+    AlarmRecord,
+    DeadLetter,
     FloatArray,
     LabelledWindows,
     Score,
@@ -46,30 +44,62 @@ from edge_agent.records import (
     to_blob,
     window_from_row,
 )
-from edge_agent.schema import MIGRATIONS, SCHEMA_VERSION, seq_from_db, seq_to_db
+from edge_agent.schema import seq_from_db, seq_to_db
+from edge_agent.store_base import INTEGRITY_SUBJECT, STORE_SUBJECT, StoreBase
 from models.errors import SignalError
 from models.windows import Window
 
-__all__ = ["LabelledWindows", "LocalStore", "Score", "SensorState", "StoredWindow", "conform"]
+if TYPE_CHECKING:
+    from edge_agent.settings import AgentSettings
+
+__all__ = [
+    "INTEGRITY_SUBJECT",
+    "STORE_SUBJECT",
+    "AlarmRecord",
+    "DeadLetter",
+    "LabelledWindows",
+    "LocalStore",
+    "Score",
+    "SensorState",
+    "StoredWindow",
+    "conform",
+]
 
 logger = logging.getLogger(__name__)
 
-BUSY_TIMEOUT_MS = 10_000
+MAX_TOPIC_CHARS = 512
+MAX_DETAIL_CHARS = 1000
 
 
-def _statements(script: str) -> Iterator[str]:
-    buffer = ""
-    for line in script.splitlines(keepends=True):
-        buffer += line
-        if sqlite3.complete_statement(buffer):
-            yield buffer
-            buffer = ""
-    if buffer.strip():
-        raise StoreError("schema script ends inside a statement")
+def _limits(settings: AgentSettings) -> dict[str, Any]:
+    return {
+        "budget_bytes": settings.store_budget_bytes,
+        "min_free_bytes": settings.store_min_free_bytes,
+        "dead_letter_max_rows": settings.dead_letter_max_rows,
+        "dead_letter_max_payload_bytes": settings.dead_letter_max_payload_bytes,
+    }
 
 
-class LocalStore:
+class LocalStore(StoreBase):
     """A local store at ``path`` (created on first open unless ``readonly``).
+
+    Parameters
+    ----------
+    path
+        The SQLite file.
+    readonly
+        Open for reading only (the Flower ClientApp); no budget is enforced.
+    budget_bytes
+        Most bytes the store's files (database, WAL, WAL index) may ever take; ``None``: no
+        limit. Old rows are evicted to stay under it (see :mod:`edge_agent.budget`).
+    min_free_bytes
+        Below this much free disk space ingestion degrades (needs ``budget_bytes``).
+    dead_letter_max_rows, dead_letter_max_payload_bytes
+        Refused messages kept for inspection, and how much of each one.
+    degraded_windows
+        Raw windows kept while degraded (scored ones are evicted first).
+    space_check_interval_s
+        How often the free disk space is looked at (it is also looked at on open).
 
     Raises
     ------
@@ -77,102 +107,47 @@ class LocalStore:
         The file cannot be opened, is not a FedPM store, or a write fails.
     SchemaError
         The file was written by a newer agent.
+    StoreFullError
+        A write does not fit the budget even after eviction, or the disk is full.
+    ValueError
+        A limit is negative, or the budget is under 1 MiB.
     """
 
-    def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
-        self.path = Path(path)
-        self.readonly = readonly
-        try:
-            self._conn = self._connect()
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open store {self.path}: {exc}") from exc
-        try:
-            self._prepare()
-        except BaseException:
-            self._conn.close()
-            raise
+    @classmethod
+    def from_settings(
+        cls, settings: AgentSettings, *, readonly: bool = False, checked: bool = False
+    ) -> LocalStore:
+        """The store of ``settings.store_path`` with the settings' budget and limits.
 
-    def _connect(self) -> sqlite3.Connection:
-        if self.readonly:
-            if not self.path.is_file():
-                raise StoreError(f"no store at {self.path}")
-            uri = f"{self.path.resolve().as_uri()}?mode=ro"
-            conn = sqlite3.connect(uri, uri=True, isolation_level=None)
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, isolation_level=None)
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        return conn
-
-    def _prepare(self) -> None:
-        try:
-            if self.readonly:
-                self._conn.execute("PRAGMA query_only = ON")
-            else:
-                mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-                if str(mode).lower() != "wal":
-                    raise StoreError(f"store {self.path} cannot use WAL mode (got {mode})")
-                self._conn.execute("PRAGMA synchronous = NORMAL")
-                self._conn.execute("PRAGMA foreign_keys = ON")
-            version = self._user_version()
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self.path} is not a usable SQLite store: {exc}") from exc
-        if version > SCHEMA_VERSION:
-            raise SchemaError(
-                f"store {self.path} has schema {version}; this agent knows up to {SCHEMA_VERSION}"
-            )
-        if version < SCHEMA_VERSION:
-            if self.readonly:
-                raise StoreError(f"store {self.path} is not initialised (schema {version})")
-            self._migrate()
-
-    def _user_version(self) -> int:
-        return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
-
-    def _migrate(self) -> None:
-        with self._write() as conn:
-            version = self._user_version()  # another process may have migrated meanwhile
-            for step in range(version, SCHEMA_VERSION):
-                for statement in _statements(MIGRATIONS[step]):
-                    conn.execute(statement)
-                logger.info("store %s migrated to schema %d", self.path, step + 1)
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        if self.readonly:
-            raise StoreError(f"store {self.path} is open read-only")
-        try:
-            self._conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot start a write on {self.path}: {exc}") from exc
-        try:
-            yield self._conn
-            self._conn.execute("COMMIT")
-        except BaseException as exc:
-            if self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.Error):
-                raise StoreError(f"write to {self.path} failed: {exc}") from exc
-            raise
-
-    @contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
-        try:
-            yield self._conn
-        except sqlite3.Error as exc:
-            raise StoreError(f"read from {self.path} failed: {exc}") from exc
-
-    def transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
-        """One ``BEGIN IMMEDIATE`` write transaction (committed on exit, rolled back on error).
-
-        For modules that keep their own tables in the store (:mod:`edge_agent.outbox`).
+        ``checked=True`` runs the start-up integrity check first (:meth:`open_checked`; for
+        the supervisor only, before any worker opens the file).
         """
-        return self._write()
+        if checked:
+            return cls.open_checked(settings.store_path, **_limits(settings))
+        return cls(settings.store_path, readonly=readonly, **_limits(settings))
 
-    def reader(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
-        """The connection for reads, with SQLite errors raised as :class:`StoreError`."""
-        return self._read()
+    @classmethod
+    def open_checked(cls, path: str | Path, **kwargs: Any) -> LocalStore:
+        """Open the store after ``PRAGMA quick_check``; quarantine it first if it is corrupt.
+
+        For the supervisor at start-up, before any other process opens the file: a corrupt
+        file is moved aside (:func:`edge_agent.integrity.quarantine`), a fresh store takes its
+        place and the agent alarm ``store_integrity`` is raised. ``kwargs`` go to the
+        constructor.
+        """
+        path = Path(path)
+        try:
+            problems = quick_check(path)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot check store {path}: {exc}") from exc
+        moved = quarantine(path) if problems else None
+        store = cls(path, **kwargs)
+        if moved is not None:
+            store.raise_agent_alarm(
+                INTEGRITY_SUBJECT,
+                {"condition": "corrupt", "problems": problems, "quarantined": str(moved)},
+            )
+        return store
 
     # --- windows --------------------------------------------------------------------------
 
@@ -198,12 +173,36 @@ class LocalStore:
 
         Inserts the frame's complete windows per channel, saves each channel's unfinished
         window (``partials``; ``None`` clears it), moves the sensor's sequence position to
-        ``seq`` (so a redelivery after a restart is recognised) and adds ``counters``.
+        ``seq`` (so a redelivery after a restart is recognised) and adds ``counters``. With a
+        disk budget the oldest raw windows are evicted first to make room; when the disk turns
+        out to be full the store degrades and, outside a batch, tries once more.
         """
+        args = (asset_id, sensor_id, seq, end_ns, windows, partials or {}, counters or {})
+        try:
+            return self._record_frame(*args)
+        except StoreFullError:
+            if self._depth or self._guard.degraded != "disk_full":
+                raise
+            logger.warning("disk full while storing a frame; retrying degraded")
+            return self._record_frame(*args)
+
+    def _record_frame(
+        self,
+        asset_id: str,
+        sensor_id: str,
+        seq: int,
+        end_ns: int,
+        windows: Mapping[int, Sequence[Window]],
+        partials: Mapping[int, Window | None],
+        counters: Mapping[str, int],
+    ) -> list[int]:
         now = time.time_ns()
         with self._write() as conn:
-            ids = self._insert_windows(conn, asset_id, sensor_id, windows)
-            for channel, part in (partials or {}).items():
+            sizes = [4 * len(p.samples) for p in partials.values() if p is not None]
+            sizes += [4 * len(w.samples) for batch in windows.values() for w in batch]
+            self._charge(conn, sizes)
+            ids = self._insert_windows(conn, asset_id, sensor_id, windows, charged=True)
+            for channel, part in partials.items():
                 key = (asset_id, sensor_id, channel)
                 if part is None:
                     conn.execute(
@@ -223,7 +222,7 @@ class LocalStore:
                 " updated_ns = excluded.updated_ns",
                 (asset_id, sensor_id, seq_to_db(seq), end_ns, now),
             )
-            self._bump(conn, "counters", counters or {}, now)
+            self._bump(conn, "counters", counters, now)
             return ids
 
     def _insert_windows(
@@ -232,9 +231,13 @@ class LocalStore:
         asset_id: str,
         sensor_id: str,
         windows: Mapping[int, Sequence[Window]],
+        *,
+        charged: bool = False,
     ) -> list[int]:
         now = time.time_ns()
-        ids = []
+        ids: list[int] = []
+        if not charged:
+            self._charge(conn, [4 * len(w.samples) for batch in windows.values() for w in batch])
         for channel, batch in windows.items():
             for w in batch:
                 cur = conn.execute(
@@ -254,6 +257,10 @@ class LocalStore:
                     ),
                 )
                 ids.append(int(cur.lastrowid or 0))
+        if ids:
+            if self._guard.window_count is not None:
+                self._guard.window_count += len(ids)
+            self._trim_ring(conn)
         return ids
 
     def unscored_windows(self, after_id: int, limit: int = 256) -> list[StoredWindow]:
@@ -430,6 +437,58 @@ class LocalStore:
         with self._write() as conn:
             self._bump(conn, "rejects", counts, time.time_ns())
 
+    def record_reject(
+        self,
+        reason: str,
+        *,
+        topic: str = "",
+        detail: str = "",
+        payload: bytes | bytearray | memoryview | None = None,
+    ) -> None:
+        """Count one refused message and, given its ``payload``, keep it as a dead letter.
+
+        The dead letter holds the topic, reason, detail and the payload's first
+        ``dead_letter_max_payload_bytes`` bytes; beyond ``dead_letter_max_rows`` the oldest
+        dead letters are removed.
+        """
+        now = time.time_ns()
+        with self._write() as conn:
+            self._bump(conn, "rejects", {reason: 1}, now)
+            if payload is None or self._dead_letter_rows == 0:
+                return
+            kept = bytes(payload[: self._dead_letter_bytes])
+            self._charge(conn, [len(kept) + len(topic) + len(detail)])
+            cur = conn.execute(
+                "INSERT INTO dead_letters (received_ns, topic, reason, detail, payload_bytes,"
+                " payload) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    now,
+                    topic[:MAX_TOPIC_CHARS],
+                    reason,
+                    detail[:MAX_DETAIL_CHARS],
+                    len(payload),
+                    kept,
+                ),
+            )
+            conn.execute(
+                "DELETE FROM dead_letters WHERE id <= ?",
+                (int(cur.lastrowid or 0) - self._dead_letter_rows,),
+            )
+
+    def dead_letters(self, limit: int = 100, *, reason: str | None = None) -> list[DeadLetter]:
+        """The newest ``limit`` dead letters (of one ``reason`` if given), newest first."""
+        sql = (
+            "SELECT id, received_ns, topic, reason, detail, payload_bytes, payload"
+            " FROM dead_letters WHERE ? IS NULL OR reason = ? ORDER BY id DESC LIMIT ?"
+        )
+        with self._read() as conn:
+            rows = conn.execute(sql, (reason, reason, limit)).fetchall()
+        return [DeadLetter(*row) for row in rows]
+
+    def count_dead_letters(self) -> int:
+        """Number of kept dead letters."""
+        return self._scalar("SELECT count(*) FROM dead_letters")
+
     def rejects(self) -> dict[str, int]:
         """Refused messages per reason."""
         with self._read() as conn:
@@ -459,34 +518,3 @@ class LocalStore:
                 " DO UPDATE SET value = value + excluded.value"
             )
             conn.executemany(sql, [(k, n) for k, n in counts.items() if n])
-
-    # --- plumbing -------------------------------------------------------------------------
-
-    def journal_mode(self) -> str:
-        """SQLite journal mode of the file (``wal``)."""
-        with self._read() as conn:
-            return str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower()
-
-    def schema_version(self) -> int:
-        """``PRAGMA user_version`` of the file."""
-        with self._read():
-            return self._user_version()
-
-    def _scalar(self, sql: str) -> int:
-        with self._read() as conn:
-            return int(conn.execute(sql).fetchone()[0])
-
-    def close(self) -> None:
-        """Close the connection (idempotent)."""
-        self._conn.close()
-
-    def __enter__(self) -> LocalStore:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -43,6 +43,11 @@ def status_topic(site: str) -> str:
     return f"{PREFIX}/{site}/agent/status"
 
 
+def agent_alarm_topic(site: str, subject: str) -> str:
+    """Retained state of one agent condition (``store``, ``store_integrity``, ...)."""
+    return f"{PREFIX}/{site}/agent/alarms/{subject}"
+
+
 def parse_frame_topic(topic: str, site: str) -> tuple[str, str]:
     """Return ``(asset_id, sensor_id)`` of a frame topic of ``site``.
 

@@ -3,6 +3,11 @@
 Mosquitto's defaults drop messages silently behind a slow subscriber
 (``max_queued_messages 1000``); the generated configuration lifts that limit so that a
 persistent-session subscriber that falls behind loses nothing while the broker runs.
+
+With a ``persistence_dir`` the broker can be stopped and started again on the same port
+(a broker outage in a fault test): a clean stop writes the sessions, their queued and
+in-flight QoS 1 messages and the retained messages to ``mosquitto.db`` there, and the next
+start loads them.
 """
 
 from __future__ import annotations
@@ -38,7 +43,23 @@ def find_mosquitto() -> str | None:
 
 
 class MosquittoBroker:
-    """A private Mosquitto on ``127.0.0.1:<free port>``; use as a context manager."""
+    """A private Mosquitto on ``127.0.0.1:<free port>``; use as a context manager.
+
+    Parameters
+    ----------
+    port
+        Listening port; a free one when ``None``. It stays the same across restarts.
+    persistence_dir
+        Folder of the broker's persistence file; ``None`` keeps everything in memory only.
+
+    Examples
+    --------
+    An outage of a broker that keeps its sessions (needs the ``mosquitto`` binary)::
+
+        broker = MosquittoBroker(persistence_dir=Path("var/mqtt")).start()
+        broker.stop()  # clients reconnect in vain; publishers queue
+        broker.start()  # same port, same sessions and queued messages
+    """
 
     def __init__(self, port: int | None = None, *, persistence_dir: Path | None = None) -> None:
         self.host = "127.0.0.1"
@@ -66,7 +87,15 @@ class MosquittoBroker:
         return "\n".join(lines) + "\n"
 
     def start(self) -> MosquittoBroker:
-        """Start the broker and wait until it accepts connections."""
+        """Start the broker and wait until it accepts connections (again after :meth:`stop`).
+
+        Raises
+        ------
+        BrokerError
+            The binary is missing, the broker is already running, or it did not start.
+        """
+        if self.running:
+            raise BrokerError(f"mosquitto is already running on port {self.port}")
         binary = find_mosquitto()
         if binary is None:
             raise BrokerError(INSTALL_HINT)
@@ -91,7 +120,7 @@ class MosquittoBroker:
         return self._proc is not None and self._proc.poll() is None
 
     def stop(self) -> None:
-        """Terminate the broker (idempotent)."""
+        """Terminate the broker, letting it save its persistence (idempotent)."""
         if self._proc is not None and self._proc.poll() is None:
             self._proc.terminate()
             try:

@@ -70,7 +70,16 @@ def _serve(argv: list[str]) -> int:
     return serve_main(argv)
 
 
-COMMANDS = ("train", "evaluate", "diagnose", "health", "simulate_history")
+COMMANDS = (
+    "train",
+    "evaluate",
+    "diagnose",
+    "health",
+    "simulate_history",
+    "edge",
+    "edge_labels",
+    "keys",
+)
 
 
 def _command_modules() -> list[ModuleType]:
@@ -140,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args_list[1:])
     args = build_parser().parse_args(args_list)
     logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=(args.log_level or "WARNING").upper(),  # None: `edge` sets its own from settings
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
         code: int = args.func(args)

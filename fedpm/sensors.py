@@ -4,6 +4,12 @@ It publishes what a plant gateway would: first a backlog (the last ``backlog_s``
 sensor buffered, sent as fast as the broker takes it, followed by the operators' condition labels
 for that period), then, if asked, a live stream in real time. Frames use the binary codec of
 :mod:`models.frame`; labels are JSON events on ``fedpm/v1/{site}/{asset}/labels``.
+
+Like a plant gateway it rides out a broker outage: the client keeps a persistent session
+(stable client id, ``clean_start=False``), reconnects every ``reconnect_max_delay_s`` at most,
+and the live stream goes on publishing QoS 1 frames into paho's unbounded outgoing queue,
+which paho sends once the broker is back. :meth:`SiteSensors.wait_acknowledged` tells when
+the broker has acknowledged everything published.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from fedpm.scenario import SiteSpec
 from models.frame import Frame, encode_binary, frame_topic
@@ -28,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 SENSOR_ID = "de"  # one drive-end accelerometer per asset
 FRAME_SAMPLES = 1024
+SESSION_EXPIRY_S = 86_400
 
 
 def backlog_frames(
@@ -62,6 +70,7 @@ class SiteSensors:
         *,
         frame_samples: int = FRAME_SAMPLES,
         client_id: str | None = None,
+        reconnect_max_delay_s: int = 2,
     ) -> None:
         self.site = site
         self.frame_samples = frame_samples
@@ -78,12 +87,47 @@ class SiteSensors:
             protocol=mqtt.MQTTv5,
         )
         self.client.max_inflight_messages_set(100)
+        self.client.max_queued_messages_set(0)  # unlimited: nothing dropped while offline
+        self.client.reconnect_delay_set(min_delay=1, max_delay=reconnect_max_delay_s)
+        self.client.on_publish = self._on_publish
         self.host, self.port = host, port
         self.published = 0
+        self._lock = threading.Condition()
+        self._sent = 0  # QoS 1 messages handed to paho (frames and labels)
+        self._acknowledged = 0  # of those, PUBACKed by the broker
+
+    def _on_publish(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties,
+    ) -> None:
+        with self._lock:
+            self._acknowledged += 1
+            self._lock.notify_all()
+
+    def _publish(
+        self, topic: str, payload: bytes | str, properties: Properties | None = None
+    ) -> mqtt.MQTTMessageInfo:
+        with self._lock:
+            self._sent += 1
+        return self.client.publish(topic, payload, qos=1, properties=properties)
+
+    def wait_acknowledged(self, timeout_s: float) -> bool:
+        """Wait until the broker has acknowledged every message published so far.
+
+        Returns ``False`` if some are still unacknowledged after ``timeout_s`` seconds.
+        """
+        with self._lock:
+            return self._lock.wait_for(lambda: self._acknowledged >= self._sent, timeout_s)
 
     def connect(self) -> None:
         """Connect and start paho's network thread."""
-        self.client.connect(self.host, self.port, keepalive=30)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = SESSION_EXPIRY_S
+        self.client.connect(self.host, self.port, keepalive=30, clean_start=False, properties=props)
         self.client.loop_start()
 
     def close(self) -> None:
@@ -107,7 +151,7 @@ class SiteSensors:
             )
             asset.seq += 1
             topic = frame_topic(self.site.site_id, asset.asset_id, SENSOR_ID)
-            infos.append(self.client.publish(topic, encode_binary(frame), qos=1))
+            infos.append(self._publish(topic, encode_binary(frame)))
         self.published += len(infos)
         return infos
 
@@ -124,9 +168,7 @@ class SiteSensors:
         }
         props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         props.ContentType = "application/json"
-        info = self.client.publish(
-            label_topic(self.site.site_id, asset_id), json.dumps(event), qos=1, properties=props
-        )
+        info = self._publish(label_topic(self.site.site_id, asset_id), json.dumps(event), props)
         info.wait_for_publish(timeout=30)
 
     def backlog(self, seconds: float) -> int:
@@ -151,15 +193,18 @@ class SiteSensors:
         return t_ns
 
     def live(self, next_ns: int, stop: threading.Event, duration_s: float | None = None) -> None:
-        """Stream frames in real time from ``next_ns`` until ``stop`` is set."""
+        """Stream frames in real time from ``next_ns`` until ``stop`` is set.
+
+        Publishing never waits for the broker: while it is away, frames queue in the client
+        and go out after the reconnection, in order.
+        """
         frame_s = self.frame_samples / self.fs
         started = time.monotonic()
         frames = 0
         while not stop.is_set():
             if duration_s is not None and time.monotonic() - started >= duration_s:
                 break
-            for info in self._publish_frames(next_ns):
-                info.wait_for_publish(timeout=30)
+            self._publish_frames(next_ns)
             next_ns += round(frame_s * 1e9)
             frames += 1
             delay = started + frames * frame_s - time.monotonic()

@@ -9,8 +9,11 @@ Exception tree::
     │   └── QuantizationError     a model or calibration windows the int8 quantiser cannot use
     ├── AnomalyError          an anomaly baseline that cannot be fitted, applied or parsed
     ├── DatasetError          a manifest or recording on disk that cannot be read as labelled data
+    ├── SigningKeyError       a signing or verification key file that cannot be used
     └── RegistryError         the model registry cannot be read or written
         ├── IntegrityError    a model file whose sha256 does not match its card
+        │   └── ModelSignatureError   a signature that is missing or does not verify
+        ├── RegistryUnavailableError  the registry cannot be reached now (retry later)
         └── VersionNotFoundError   no such registry version (or an empty registry)
 """
 
@@ -65,3 +68,21 @@ class IntegrityError(RegistryError):
 
 class VersionNotFoundError(RegistryError, LookupError):
     """The requested registry version does not exist."""
+
+
+class ModelSignatureError(IntegrityError):
+    """A model whose detached signature is missing, malformed, or does not verify.
+
+    Raised only where a verification key is configured; the model must not be loaded.
+    """
+
+
+class RegistryUnavailableError(RegistryError):
+    """The registry cannot be reached or read right now (network down, server error).
+
+    Transient: nothing is wrong with any model, and the caller should try again later.
+    """
+
+
+class SigningKeyError(FedPMModelsError, ValueError):
+    """A key file that is missing, unreadable, not PEM, or not an Ed25519 key."""

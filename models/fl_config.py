@@ -33,6 +33,7 @@ class RunConfig:
     eval_fraction: float = 0.2
     seed: int = 0
     round_timeout_s: float = 600.0
+    signing_key: str = ""  # Ed25519 private key (PEM) that signs published models; "": unsigned
 
     def __post_init__(self) -> None:
         if self.num_server_rounds < 1 or self.local_epochs < 1 or self.batch_size < 2:

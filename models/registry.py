@@ -2,34 +2,52 @@
 
 Layout::
 
+    <root>/index.json                    # RegistryIndex: the published version numbers
     <root>/versions/000007/model.onnx
     <root>/versions/000007/card.json     # ModelCard: sha256, provenance, metrics, metadata
+    <root>/versions/000007/model.sig     # detached Ed25519 signature (when published signed)
     <root>/.staging/                     # half-written versions; never read
 
 A version folder only ever appears complete: it is written and fsync'ed under ``.staging`` and
 then renamed into ``versions/`` (``rename(2)`` is atomic on one filesystem; it fails if the
 number was taken concurrently, and publish retries with the next one). Readers never trust a
-file they have not hashed: :meth:`FileRegistry.load_verified` returns the very bytes it checked.
+file they have not hashed: :meth:`FileRegistry.load_verified` returns the very bytes it checked,
+and checks the signature too when given a verification key (:mod:`models.signing`).
+
+``index.json`` is rewritten (atomically, under a lock) after each publish, so the same tree
+served by a static web server or copied to an object store can be read over HTTP without
+directory listings (``edge_agent.model_source``); it is a hint, never trusted for integrity.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Annotated
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from models.errors import IntegrityError, RegistryError, VersionNotFoundError
 from models.metadata import ModelMetadata
+from models.signing import sign_card, verify_card
+
+logger = logging.getLogger(__name__)
 
 MODEL_FILE = "model.onnx"
 CARD_FILE = "card.json"
+SIGNATURE_FILE = "model.sig"
+INDEX_FILE = "index.json"
+VERSIONS_DIR = "versions"
 CARD_SCHEMA_VERSION = 1
+INDEX_SCHEMA_VERSION = 1
 _DIGITS = 6
 
 
@@ -54,6 +72,26 @@ class ModelCard(BaseModel):
     def label(self) -> str:
         """Human-readable version label, e.g. ``v7``."""
         return f"v{self.version}"
+
+
+class RegistryIndex(BaseModel):
+    """``index.json``: which versions a registry holds (for readers without directory listings)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    schema_version: int = INDEX_SCHEMA_VERSION
+    versions: tuple[Annotated[int, Field(ge=1)], ...] = ()
+    updated_at: str = ""
+
+    @property
+    def latest(self) -> int | None:
+        """Highest listed version, or ``None``."""
+        return max(self.versions) if self.versions else None
+
+
+def version_path(version: int) -> str:
+    """Path of a version's folder relative to the registry root, e.g. ``versions/000007``."""
+    return f"{VERSIONS_DIR}/{version:0{_DIGITS}d}"
 
 
 def sha256_hex(data: bytes) -> str:
@@ -81,11 +119,11 @@ class FileRegistry:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
-        self._versions = self.root / "versions"
+        self._versions = self.root / VERSIONS_DIR
         self._staging = self.root / ".staging"
 
     def _dir(self, version: int) -> Path:
-        return self._versions / f"{version:0{_DIGITS}d}"
+        return self.root / version_path(version)
 
     def versions(self) -> list[int]:
         """Published version numbers, ascending."""
@@ -127,11 +165,22 @@ class FileRegistry:
                 continue
         return out
 
-    def load_verified(self, version: int | None = None) -> tuple[ModelCard, bytes]:
+    def signature(self, version: int) -> bytes | None:
+        """The detached signature file of ``version``, or ``None`` if it was published unsigned."""
+        try:
+            return (self._dir(version) / SIGNATURE_FILE).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def load_verified(
+        self, version: int | None = None, *, verify_key: Ed25519PublicKey | None = None
+    ) -> tuple[ModelCard, bytes]:
         """Return a version's card and model bytes after checking the sha256.
 
-        ``version=None`` means the latest. Raises :class:`IntegrityError` on a mismatch and
-        :class:`VersionNotFoundError` when there is nothing to load.
+        ``version=None`` means the latest. With ``verify_key``, the version's signature must
+        also verify (:func:`models.signing.verify_card`). Raises :class:`IntegrityError` on a
+        mismatch (:class:`~models.errors.ModelSignatureError` for a bad or missing signature)
+        and :class:`VersionNotFoundError` when there is nothing to load.
         """
         if version is None:
             version = self.latest_version()
@@ -148,14 +197,18 @@ class FileRegistry:
                 f"version {version}: model sha256 {digest[:12]}… does not match its card "
                 f"({card.sha256[:12]}…); refusing to load it"
             )
+        if verify_key is not None:
+            verify_card(card, self.signature(version), verify_key)
         return card, data
 
-    def latest_valid(self) -> tuple[ModelCard, bytes]:
+    def latest_valid(
+        self, *, verify_key: Ed25519PublicKey | None = None
+    ) -> tuple[ModelCard, bytes]:
         """The newest version that passes verification (older ones are tried in turn)."""
         errors = []
         for version in reversed(self.versions()):
             try:
-                return self.load_verified(version)
+                return self.load_verified(version, verify_key=verify_key)
             except RegistryError as exc:
                 errors.append(str(exc))
         detail = "; ".join(errors) if errors else "it is empty"
@@ -171,8 +224,14 @@ class FileRegistry:
         sites: tuple[str, ...] = (),
         metrics: dict[str, float] | None = None,
         site_metrics: dict[str, dict[str, float]] | None = None,
+        signing_key: Ed25519PrivateKey | None = None,
     ) -> ModelCard:
-        """Publish a new version atomically and return its card."""
+        """Publish a new version atomically and return its card.
+
+        With ``signing_key``, a detached signature (:func:`models.signing.sign_card`) is
+        written beside the model, inside the same atomic rename. ``index.json`` is refreshed
+        afterwards.
+        """
         if not model_bytes:
             raise RegistryError("refusing to publish an empty model")
         self._versions.mkdir(parents=True, exist_ok=True)
@@ -198,6 +257,8 @@ class FileRegistry:
                 _write_synced(stage / MODEL_FILE, model_bytes)
                 card_json = json.dumps(card.model_dump(mode="json"), indent=2) + "\n"
                 _write_synced(stage / CARD_FILE, card_json.encode())
+                if signing_key is not None:
+                    _write_synced(stage / SIGNATURE_FILE, sign_card(card, signing_key))
                 _fsync_dir(stage)
                 os.rename(stage, self._dir(version))
             except OSError:
@@ -206,5 +267,49 @@ class FileRegistry:
                     continue  # another publisher took this number: try the next
                 raise
             _fsync_dir(self._versions)
+            try:
+                self.write_index()
+            except OSError as exc:  # the version is published; only HTTP readers lag behind
+                logger.warning("v%d published, but %s not updated: %s", version, INDEX_FILE, exc)
             return card
         raise RegistryError(f"could not allocate a version number in {self.root}")
+
+    def write_index(self) -> RegistryIndex:
+        """Rewrite ``index.json`` from the version folders (atomic; one writer at a time).
+
+        Publish calls it; run it once on a registry written by an older FedPM before serving
+        the folder over HTTP.
+        """
+        self._staging.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".index.lock", "a+b") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # released when the file is closed
+            index = RegistryIndex(
+                versions=tuple(self.versions()),
+                updated_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            )
+            tmp = self._staging / f"index-{uuid.uuid4().hex}.json"
+            try:
+                _write_synced(tmp, (index.model_dump_json(indent=2) + "\n").encode())
+                os.replace(tmp, self.root / INDEX_FILE)
+            except OSError:
+                tmp.unlink(missing_ok=True)
+                raise
+            _fsync_dir(self.root)
+        return index
+
+    def index(self) -> RegistryIndex:
+        """Read ``index.json`` (an empty index when there is none yet).
+
+        Raises
+        ------
+        RegistryError
+            The file exists but is not a valid index.
+        """
+        try:
+            text = (self.root / INDEX_FILE).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return RegistryIndex()
+        try:
+            return RegistryIndex.model_validate_json(text)
+        except ValidationError as exc:
+            raise RegistryError(f"invalid {INDEX_FILE} in {self.root}: {exc}") from exc

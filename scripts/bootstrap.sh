@@ -40,6 +40,15 @@ if ! PATH="$PATH:/usr/sbin:/usr/local/sbin" command -v mosquitto >/dev/null 2>&1
   }
 fi
 
+# 2b. For the test suite only: VictoriaMetrics, which accepts InfluxDB's /api/v2/write line
+# protocol, stands in for InfluxDB 2 (not packaged for Debian) in the telemetry tests.
+if [ -n "$extras" ] && ! command -v victoria-metrics >/dev/null 2>&1; then
+  apt_install victoria-metrics || {
+    echo "note: victoria-metrics is missing (sudo apt-get install victoria-metrics);" >&2
+    echo "      the telemetry integration tests will be skipped (they fail under CI=true)." >&2
+  }
+fi
+
 # 3. The virtual environment, with torch pinned to the CPU wheel (no CUDA download)
 if [ ! -x .venv/bin/python ]; then
   say "creating .venv with $PY"

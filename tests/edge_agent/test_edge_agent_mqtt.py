@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import sys
 import time
 from collections.abc import Callable
@@ -25,6 +26,9 @@ from edge_helpers import (
 from edge_helpers import with_nan_sample as nan_payload
 
 from edge_agent.errors import ExitCode
+from edge_agent.ingest import Ingestor
+from edge_agent.ingest_worker import IngestClient
+from edge_agent.settings import load_settings
 from edge_agent.store import LocalStore
 from fedpm.broker import MosquittoBroker
 from models.frame import encode_binary, encode_json, frame_topic
@@ -156,6 +160,55 @@ def test_restarted_agent_resumes_its_session(
         raise AssertionError(second.log()) from None
     assert read_store(store_path, lambda s: s.rejects()) == {}
     assert "session present: True" in second.log()
+
+
+def test_a_store_failure_exits_without_acknowledging_so_nothing_is_lost(
+    broker: MosquittoBroker,
+    mqtt_probe: Callable[[], MqttProbe],
+    start_agent: Callable[..., AgentProcess],
+    tmp_path: Path,
+) -> None:
+    # Prepare: an agent whose store another process holds locked past the busy timeout
+    store_path = tmp_path / "store.sqlite"
+    frames = make_frames(cwru_or_synthetic(16 * FRAME), FRAME)
+    topic = frame_topic(SITE, "pump-1", "acc-1")
+    probe = mqtt_probe()
+    first = start_agent(*agent_flags(broker, store_path))
+    wait_online(probe, first)
+    lock = sqlite3.connect(store_path, isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")
+
+    # Execute: the frames reach the agent, which cannot commit them
+    for f in frames:
+        probe.publish(topic, encode_binary(f))
+    code = first.proc.wait(60)
+    lock.execute("ROLLBACK")
+    lock.close()
+    second = start_agent(*agent_flags(broker, store_path))
+
+    # Assert: exit 11, and the broker redelivers every unacknowledged frame to the next agent
+    assert code == ExitCode.STORE_ERROR, first.log()
+    try:
+        wait_until(lambda: read_store(store_path, lambda s: s.count_windows()) == 4, 30, "4")
+    except AssertionError:
+        raise AssertionError(second.log()) from None
+    assert read_store(store_path, lambda s: s.counters().get("frames")) == 16
+    assert read_store(store_path, lambda s: s.rejects()) == {}
+
+
+def test_the_ingest_client_refuses_a_batch_the_broker_window_cannot_hold(tmp_path: Path) -> None:
+    # Prepare
+    settings = load_settings(site_id=SITE, store_path=tmp_path / "store.sqlite")
+
+    # Execute / Assert
+    with LocalStore(settings.store_path) as store:
+        ingestor = Ingestor(store, SITE, WINDOW)
+        with pytest.raises(ValueError, match="batch_max must be in"):
+            IngestClient(settings, ingestor, store, batch_max=64, receive_maximum=64)
+        with pytest.raises(ValueError, match="batch_delay_s must be positive"):
+            IngestClient(settings, ingestor, store, batch_delay_s=0.0)
+        with pytest.raises(ValueError, match="receive_maximum must be in"):
+            IngestClient(settings, ingestor, store, receive_maximum=70_000)
 
 
 def test_agent_publishes_retained_health_from_a_registry_model(

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from edge_agent.health import HealthTracker
-from edge_agent.messages import Health
+from edge_agent.messages import Evidence, Health
 from edge_agent.publisher import HealthPublisher, MemoryHealthSink
 
 FAULT = ("inner_race", 0.95)
@@ -201,5 +201,125 @@ def test_health_payload_is_the_documented_json() -> None:
         "model_version",
         "window_start_ns",
         "ts_ns",
+        "cause",
+        "anomaly_score",
+        "anomaly_threshold",
+        "evidence",
     }
     assert payload["v"] == 1
+    assert [payload[k] for k in ("cause", "anomaly_score", "evidence")] == [None, None, None]
+
+
+def test_health_payload_carries_the_evidence() -> None:
+    # Prepare
+    evidence = Evidence(
+        rms_g=0.5,
+        kurtosis=7.5,
+        crest_factor=6.0,
+        velocity_rms_mm_s=3.2,
+        iso_zone="C",
+        defect="outer_race",
+        defect_frequency="BPFO",
+        defect_hz=107.1,
+        defect_score_db=24.0,
+        envelope_window_start_ns=5,
+    )
+    message = health("p1", "alarm", 7).model_copy(
+        update={
+            "cause": "model",
+            "anomaly_score": 9.5,
+            "anomaly_threshold": 4.0,
+            "evidence": evidence,
+        }
+    )
+
+    # Execute
+    payload = json.loads(message.to_payload())
+
+    # Assert
+    assert payload["evidence"]["defect_frequency"] == "BPFO"
+    assert payload["evidence"]["iso_zone"] == "C"
+    assert (payload["cause"], payload["anomaly_score"]) == ("model", 9.5)
+    assert Health.model_validate_json(message.to_payload()) == message
+
+
+# --- anomaly rule -----------------------------------------------------------------------------
+
+
+def feed_anomalies(tracker: HealthTracker, flags: list[bool]) -> list[str]:
+    return [tracker.update("normal", 0.05, anomalous=flag).state for flag in flags]
+
+
+def test_anomalous_normal_windows_warn_after_n_and_alarm_after_2n() -> None:
+    # Prepare
+    tracker = HealthTracker(3)
+
+    # Execute
+    states = feed_anomalies(tracker, [True] * 6)
+
+    # Assert
+    assert states == ["normal", "normal", "warning", "warning", "warning", "alarm"]
+    assert tracker.cause == "anomaly"
+
+
+def test_isolated_anomalies_never_warn() -> None:
+    # Prepare: a calibrated threshold flags a few healthy windows now and then
+    tracker = HealthTracker(3)
+
+    # Execute
+    states = feed_anomalies(tracker, [True, True, False] * 10)
+
+    # Assert
+    assert set(states) == {"normal"}
+
+
+def test_anomaly_alarm_clears_after_n_healthy_windows() -> None:
+    # Prepare
+    tracker = HealthTracker(2)
+    feed_anomalies(tracker, [True] * 4)
+
+    # Execute
+    states = feed_anomalies(tracker, [False, True, False, False])
+
+    # Assert
+    assert states == ["alarm", "alarm", "alarm", "normal"]
+    assert tracker.cause is None
+
+
+def test_a_faulty_window_makes_the_model_the_cause() -> None:
+    # Prepare
+    tracker = HealthTracker(3)
+    feed_anomalies(tracker, [True] * 3)
+
+    # Execute
+    update = tracker.update(*FAULT)
+
+    # Assert
+    assert (update.state, update.cause) == ("warning", "model")
+
+
+def test_mixed_faulty_and_anomalous_windows_count_together() -> None:
+    # Prepare
+    tracker = HealthTracker(2)
+
+    # Execute: F A F A -> faulty runs of 1, abnormal run of 4 = 2P
+    states = [
+        tracker.update(*FAULT).state,
+        tracker.update(*OK, anomalous=True).state,
+        tracker.update(*FAULT).state,
+        tracker.update(*OK, anomalous=True).state,
+    ]
+
+    # Assert
+    assert states == ["warning", "warning", "warning", "alarm"]
+
+
+def test_tracker_resumes_a_recorded_state() -> None:
+    # Prepare
+    tracker = HealthTracker(2, state="alarm")
+
+    # Execute
+    states = feed(tracker, [OK, OK])
+
+    # Assert
+    assert states == ["alarm", "normal"]

@@ -324,3 +324,197 @@ def test_a_version_1_store_is_migrated_in_place(tmp_path: Path) -> None:
     assert version == SCHEMA_VERSION == 3
     assert windows == 1
     assert partials == {}
+
+
+# --- batch ------------------------------------------------------------------------------------
+
+
+def test_batch_commits_its_writes_together_at_exit(tmp_path: Path) -> None:
+    # Prepare
+    path = tmp_path / "s.sqlite"
+    store = LocalStore(path)
+    seen_inside = []
+
+    # Execute: a second connection sees nothing until the batch ends
+    with LocalStore(path, readonly=True) as ro:
+        with store.batch():
+            store.add_windows("pump-1", "acc-1", 0, windows(2))
+            with store.batch():  # nested: joins the outer batch
+                store.add_counters({"frames": 2})
+            store.add_label("pump-1", "normal", 0, 10)
+            seen_inside.append((ro.count_windows(), ro.counters(), ro.count_labels()))
+        after = (ro.count_windows(), ro.counters(), ro.count_labels())
+    store.close()
+
+    # Assert
+    assert seen_inside == [(0, {}, 0)]
+    assert after == (2, {"frames": 2}, 1)
+
+
+def test_an_error_leaving_the_batch_rolls_all_of_it_back(store: LocalStore) -> None:
+    # Prepare
+    store.add_counters({"before": 1})
+
+    def fill_then_fail() -> None:
+        with store.batch():
+            store.add_windows("pump-1", "acc-1", 0, windows(3))
+            store.add_counters({"frames": 3})
+            raise RuntimeError("boom")
+
+    # Execute
+    with pytest.raises(RuntimeError, match="boom"):
+        fill_then_fail()
+
+    # Assert
+    assert store.count_windows() == 0
+    assert store.counters() == {"before": 1}
+
+
+def test_a_failed_write_handled_inside_the_batch_leaves_the_rest(store: LocalStore) -> None:
+    def half_written() -> None:
+        with store.transaction() as conn:
+            conn.execute("INSERT INTO counters (name, value) VALUES ('half', 1)")
+            conn.execute("INSERT INTO no_such_table VALUES (1)")
+
+    # Execute: the middle write fails half-way and the caller handles it
+    with store.batch():
+        store.add_windows("pump-1", "acc-1", 0, windows(1))
+        with pytest.raises(StoreError):
+            half_written()
+        store.add_windows("pump-1", "acc-1", 0, windows(1, t0=WIN_NS))
+
+    # Assert: the failed write left nothing behind, the others are committed
+    assert store.count_windows() == 2
+    assert store.counters() == {}
+
+
+# --- dead letters and agent alarms -----------------------------------------------------------
+
+
+def test_dead_letters_are_truncated_bounded_and_listed_newest_first(tmp_path: Path) -> None:
+    # Prepare
+    store = LocalStore(
+        tmp_path / "s.sqlite", dead_letter_max_rows=3, dead_letter_max_payload_bytes=8
+    )
+
+    # Execute
+    for i in range(5):
+        store.record_reject("bad_magic", topic=f"t/{i}", detail=f"d{i}", payload=bytes(20))
+    store.record_reject("duplicate")  # counted only
+    letters = store.dead_letters(10)
+    magic = store.dead_letters(10, reason="bad_magic")
+    store.close()
+
+    # Assert
+    assert [d.topic for d in letters] == ["t/4", "t/3", "t/2"]
+    assert letters == magic
+    assert {(d.reason, d.payload, d.payload_bytes) for d in letters} == {
+        ("bad_magic", bytes(8), 20)
+    }
+
+
+def test_agent_alarms_are_recorded_on_change_only(store: LocalStore) -> None:
+    # Execute
+    raised = store.raise_agent_alarm("store", {"condition": "low_disk"})
+    again = store.raise_agent_alarm("store", {"condition": "low_disk"})
+    active = store.active_agent_alarms()
+    cleared = store.clear_agent_alarm("store")
+    cleared_again = store.clear_agent_alarm("store")
+    rows = store.agent_alarms()
+
+    # Assert
+    assert (raised, again, cleared, cleared_again) == (True, False, True, False)
+    assert list(active) == ["store"]
+    assert active["store"].detail == {"condition": "low_disk"}
+    assert [(r.source, r.subject, r.state) for r in rows] == [
+        ("agent", "store", "raised"),
+        ("agent", "store", "cleared"),
+    ]
+    assert store.active_agent_alarms() == {}
+    assert store.agent_alarms(after_id=rows[0].id) == rows[1:]
+
+
+# --- integrity --------------------------------------------------------------------------------
+
+
+def corrupt(path: Path) -> None:
+    """Overwrite the middle of the file's B-tree pages with garbage (a real corruption)."""
+    size = path.stat().st_size
+    with path.open("r+b") as f:
+        for offset in range(4096, size - 4096, 3 * 4096):
+            f.seek(offset + 100)
+            f.write(b"\xa5" * 700)
+
+
+def test_a_corrupt_store_is_quarantined_and_replaced_at_start_up(tmp_path: Path) -> None:
+    # Prepare: a store with data, closed (WAL checkpointed), then damaged on disk
+    path = tmp_path / "s.sqlite"
+    with LocalStore(path) as s:
+        s.add_windows("pump-1", "acc-1", 0, windows(50))
+        s.add_label("pump-1", "normal", 0, 10**12)
+    corrupt(path)
+
+    # Execute
+    with LocalStore.open_checked(path) as s:
+        fresh = (s.count_windows(), s.count_labels(), s.schema_version())
+        alarms = s.active_agent_alarms()
+    quarantined = list(tmp_path.glob("s.sqlite.corrupt-*"))
+
+    # Assert
+    assert fresh == (0, 0, SCHEMA_VERSION)
+    assert [p.name for p in quarantined if not p.name.endswith("-wal")] == [
+        Path(alarms["store_integrity"].detail["quarantined"]).name
+    ]
+    assert alarms["store_integrity"].detail["condition"] == "corrupt"
+    assert alarms["store_integrity"].detail["problems"]
+
+
+def test_a_healthy_store_passes_the_start_up_check_untouched(tmp_path: Path) -> None:
+    # Prepare
+    path = tmp_path / "s.sqlite"
+    with LocalStore(path) as s:
+        s.add_windows("pump-1", "acc-1", 0, windows(3))
+
+    # Execute
+    with LocalStore.open_checked(path) as s:
+        count, alarms = s.count_windows(), s.active_agent_alarms()
+
+    # Assert
+    assert count == 3
+    assert alarms == {}
+    assert not list(tmp_path.glob("*.corrupt-*"))
+
+
+def test_a_file_that_is_not_a_database_is_quarantined_too(tmp_path: Path) -> None:
+    # Prepare: an older quarantined copy exists; only the newest is kept
+    path = tmp_path / "s.sqlite"
+    path.write_bytes(b"not a database at all " * 500)
+    (tmp_path / "s.sqlite.corrupt-20200101T000000Z").write_bytes(b"old")
+
+    # Execute
+    with LocalStore.open_checked(path) as s:
+        alarms = s.active_agent_alarms()
+
+    # Assert
+    assert "store_integrity" in alarms
+    (kept,) = tmp_path.glob("s.sqlite.corrupt-*")
+    assert kept.read_bytes().startswith(b"not a database")
+
+
+def test_the_supervisor_opens_a_checked_store_from_its_settings(tmp_path: Path) -> None:
+    # Prepare
+    from edge_agent.settings import AgentSettings
+
+    settings = AgentSettings(
+        site_id="plant-a", store_path=tmp_path / "s.sqlite", store_budget_bytes=4 << 20
+    )
+    settings.store_path.write_bytes(b"garbage, not SQLite " * 300)
+
+    # Execute
+    with LocalStore.from_settings(settings, checked=True) as s:
+        plan, alarms = s.budget, s.active_agent_alarms()
+
+    # Assert
+    assert plan is not None
+    assert plan.budget_bytes == 4 << 20
+    assert list(alarms) == ["store_integrity"]

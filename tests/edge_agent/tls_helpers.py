@@ -1,0 +1,255 @@
+"""TLS material and a TLS Mosquitto for the edge-agent tests (real broker, real handshakes).
+
+:func:`make_pki` writes a CA, a server certificate for ``127.0.0.1`` and ``localhost`` (subject
+alternative names, unless told otherwise) and a client certificate; :class:`TlsBroker` runs
+``mosquitto`` with one TLS listener on a free loopback port, asking for a password or for a
+client certificate."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from fedpm.broker import find_mosquitto
+from fedpm.netutil import free_port, wait_for_port
+
+
+@dataclass(frozen=True)
+class Pki:
+    """Paths of the PEM files of one test CA and the certificates it signed."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+    client_name: str
+
+
+def _key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+
+
+def _cert(
+    subject: str,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: x509.Name | None,
+    issuer_key: ec.EllipticCurvePrivateKey,
+    *,
+    ca: bool = False,
+    server_names: tuple[str, ...] = (),
+) -> x509.Certificate:
+    now = dt.datetime.now(dt.UTC)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer or name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if ca:
+        builder = builder.add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        ).add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+    else:
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), False
+        )
+        usage = ExtendedKeyUsageOID.SERVER_AUTH if server_names else ExtendedKeyUsageOID.CLIENT_AUTH
+        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+    if server_names:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([_general_name(name) for name in server_names]),
+            critical=False,
+        )
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _general_name(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
+
+
+def make_pki(
+    folder: Path,
+    *,
+    ca_name: str = "FedPM test CA",
+    client: str = "edge-plant-a",
+    server_names: tuple[str, ...] = ("localhost", "127.0.0.1"),
+) -> Pki:
+    """A CA, a server certificate for ``server_names``, a client certificate (CN ``client``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ca_key = _key()
+    ca_cert = _cert(ca_name, ca_key, None, ca_key, ca=True)
+    server_key, client_key = _key(), _key()
+    server = _cert("broker", server_key, ca_cert.subject, ca_key, server_names=server_names)
+    client_cert = _cert(client, client_key, ca_cert.subject, ca_key)
+    pem = serialization.Encoding.PEM
+    pki = Pki(
+        ca=folder / "ca.pem",
+        server_cert=folder / "server.pem",
+        server_key=folder / "server.key",
+        client_cert=folder / "client.pem",
+        client_key=folder / "client.key",
+        client_name=client,
+    )
+    pki.ca.write_bytes(ca_cert.public_bytes(pem))
+    pki.server_cert.write_bytes(server.public_bytes(pem))
+    pki.client_cert.write_bytes(client_cert.public_bytes(pem))
+    _write_key(server_key, pki.server_key)
+    _write_key(client_key, pki.client_key)
+    return pki
+
+
+class TlsBroker:
+    """Mosquitto with one TLS listener on ``127.0.0.1:<free port>``; a context manager.
+
+    Parameters
+    ----------
+    folder
+        Where the configuration, password file and log go.
+    pki
+        The server certificate and the CA that client certificates must chain to.
+    users
+        ``{username: password}``: clients log in with a password (``mosquitto_passwd``).
+    client_certificates
+        Clients must present a certificate signed by ``pki.ca``; its CN is the username.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        pki: Pki,
+        *,
+        users: dict[str, str] | None = None,
+        client_certificates: bool = False,
+    ) -> None:
+        self.host = "127.0.0.1"
+        self.port = free_port()
+        self.folder = folder
+        self.pki = pki
+        self.users = users or {}
+        self.client_certificates = client_certificates
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def _config(self) -> str:
+        lines = [
+            "per_listener_settings false",
+            f"listener {self.port} {self.host}",
+            f"cafile {self.pki.ca}",
+            f"certfile {self.pki.server_cert}",
+            f"keyfile {self.pki.server_key}",
+            "tls_version tlsv1.2",
+            "allow_anonymous false",
+            "max_queued_messages 0",
+            "log_dest stderr",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+        ]
+        if os.geteuid() == 0:  # else mosquitto drops to user "mosquitto", who cannot read tmp
+            lines.append("user root")
+        if self.client_certificates:
+            lines += ["require_certificate true", "use_identity_as_username true"]
+        if self.users:
+            lines.append(f"password_file {self._password_file()}")
+        return "\n".join(lines) + "\n"
+
+    def _password_file(self) -> Path:
+        tool = shutil.which("mosquitto_passwd")
+        if tool is None:
+            raise RuntimeError("mosquitto_passwd is not installed")
+        path = self.folder / "passwd"
+        path.unlink(missing_ok=True)
+        for user, password in self.users.items():
+            flags = ["-b"] if path.exists() else ["-c", "-b"]
+            subprocess.run([tool, *flags, str(path), user, password], check=True)
+        path.chmod(0o600)
+        return path
+
+    @property
+    def log_path(self) -> Path:
+        """Mosquitto's log file."""
+        return self.folder / "mosquitto.log"
+
+    def start(self) -> TlsBroker:
+        """Start mosquitto and wait until its port accepts TCP connections."""
+        binary = find_mosquitto()
+        if binary is None:
+            raise RuntimeError("mosquitto is not installed")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        conf = self.folder / "mosquitto.conf"
+        conf.write_text(self._config(), encoding="utf-8")
+        with open(self.log_path, "wb") as log:
+            self._proc = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=log)
+        try:
+            wait_for_port(self.host, self.port, timeout_s=10, alive=lambda: self._alive())
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError(
+                f"TLS mosquitto did not start:\n{self.log_path.read_text(errors='replace')}"
+            ) from None
+        return self
+
+    def _alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def stop(self) -> None:
+        """Terminate mosquitto (idempotent)."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._proc = None
+
+    def __enter__(self) -> TlsBroker:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
