@@ -26,6 +26,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import ValidationError
 
+from models.durable import fsync_dir, write_synced
 from models.errors import IntegrityError, RegistryError
 from models.registry import CARD_FILE, MODEL_FILE, SIGNATURE_FILE, ModelCard, sha256_hex
 from models.signing import verify_card
@@ -34,21 +35,6 @@ logger = logging.getLogger(__name__)
 
 REFUSED_FILE = "refused.json"
 _VERSION_DIR = re.compile(r"^v([1-9][0-9]{0,9})$")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 class ModelCache:
@@ -98,15 +84,15 @@ class ModelCache:
             The disk is full or not writable (the cache then keeps what it had).
         """
         try:
-            _write_synced(stage / CARD_FILE, card.model_dump_json(indent=2).encode())
+            write_synced(stage / CARD_FILE, card.model_dump_json(indent=2).encode())
             if signature is not None:
-                _write_synced(stage / SIGNATURE_FILE, signature)
-            _fsync_dir(stage)
+                write_synced(stage / SIGNATURE_FILE, signature)
+            fsync_dir(stage)
             target = self._dir(card.version)
             if target.exists():  # an older copy that failed to load: replace it
                 shutil.rmtree(target)
             os.rename(stage, target)
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
         finally:
             self.drop_stage(stage)  # gone after the rename; removed after a failure
 
@@ -180,8 +166,8 @@ class ModelCache:
         )
         tmp = self._staging / f"refused-{uuid.uuid4().hex}.json"
         try:
-            _write_synced(tmp, (text + "\n").encode())
+            write_synced(tmp, (text + "\n").encode())
             os.replace(tmp, self.root / REFUSED_FILE)
         finally:
             tmp.unlink(missing_ok=True)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)

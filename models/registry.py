@@ -35,6 +35,7 @@ from typing import Annotated
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from models.durable import fsync_dir, write_synced
 from models.errors import IntegrityError, RegistryError, VersionNotFoundError
 from models.metadata import ModelMetadata
 from models.signing import sign_card, verify_card
@@ -97,21 +98,6 @@ def version_path(version: int) -> str:
 def sha256_hex(data: bytes) -> str:
     """Hex sha256 of ``data``."""
     return hashlib.sha256(data).hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 class FileRegistry:
@@ -254,19 +240,19 @@ class FileRegistry:
             stage = self._staging / uuid.uuid4().hex
             stage.mkdir()
             try:
-                _write_synced(stage / MODEL_FILE, model_bytes)
+                write_synced(stage / MODEL_FILE, model_bytes)
                 card_json = json.dumps(card.model_dump(mode="json"), indent=2) + "\n"
-                _write_synced(stage / CARD_FILE, card_json.encode())
+                write_synced(stage / CARD_FILE, card_json.encode())
                 if signing_key is not None:
-                    _write_synced(stage / SIGNATURE_FILE, sign_card(card, signing_key))
-                _fsync_dir(stage)
+                    write_synced(stage / SIGNATURE_FILE, sign_card(card, signing_key))
+                fsync_dir(stage)
                 os.rename(stage, self._dir(version))
             except OSError:
                 shutil.rmtree(stage, ignore_errors=True)
                 if self._dir(version).exists():
                     continue  # another publisher took this number: try the next
                 raise
-            _fsync_dir(self._versions)
+            fsync_dir(self._versions)
             try:
                 self.write_index()
             except OSError as exc:  # the version is published; only HTTP readers lag behind
@@ -289,12 +275,12 @@ class FileRegistry:
             )
             tmp = self._staging / f"index-{uuid.uuid4().hex}.json"
             try:
-                _write_synced(tmp, (index.model_dump_json(indent=2) + "\n").encode())
+                write_synced(tmp, (index.model_dump_json(indent=2) + "\n").encode())
                 os.replace(tmp, self.root / INDEX_FILE)
             except OSError:
                 tmp.unlink(missing_ok=True)
                 raise
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
         return index
 
     def index(self) -> RegistryIndex:
