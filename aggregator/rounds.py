@@ -1,9 +1,10 @@
-"""Per-round bookkeeping: which sites replied and what each reported."""
+"""Per-round bookkeeping: which sites replied, what each reported, what the guards refused."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from flwr.app import Message
 
@@ -13,17 +14,53 @@ SITE_KEY = "site-id"
 
 @dataclass
 class RoundLog:
-    """What one round's replies said, per site."""
+    """What one round's replies said, per site.
+
+    ``site_metrics`` holds the sites whose replies counted; ``rejected`` the sites the guards
+    refused, with the reason; ``clipped`` the sites whose ``num-examples`` was capped;
+    ``sampled`` how many sites were asked to train; ``skip_reason`` is set when too few valid
+    replies came back and the global model was left unchanged.
+    """
 
     server_round: int
     site_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     aggregated: dict[str, float] = field(default_factory=dict)
     failures: int = 0
+    sampled: int = 0
+    rejected: dict[str, str] = field(default_factory=dict)
+    clipped: list[str] = field(default_factory=list)
+    skip_reason: str = ""
 
     @property
     def sites(self) -> tuple[str, ...]:
         """Sites that replied, sorted."""
         return tuple(sorted(self.site_metrics))
+
+    @property
+    def skipped(self) -> bool:
+        """Whether the round was skipped (global model unchanged)."""
+        return bool(self.skip_reason)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (for checkpoints)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> RoundLog:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            server_round=int(raw["server_round"]),
+            site_metrics={
+                str(s): {str(k): float(v) for k, v in m.items()}
+                for s, m in raw.get("site_metrics", {}).items()
+            },
+            aggregated={str(k): float(v) for k, v in raw.get("aggregated", {}).items()},
+            failures=int(raw.get("failures", 0)),
+            sampled=int(raw.get("sampled", 0)),
+            rejected={str(k): str(v) for k, v in raw.get("rejected", {}).items()},
+            clipped=[str(s) for s in raw.get("clipped", [])],
+            skip_reason=str(raw.get("skip_reason", "")),
+        )
 
 
 def site_of(msg: Message) -> str:

@@ -26,6 +26,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from edge_agent.errors import StoreError
+from edge_agent.fl_mods import update_compression_mod
 from edge_agent.store import LabelledWindows, LocalStore
 from models.fl_config import RunConfig
 from models.network import WDCNN, build_model, reset_norm_statistics
@@ -33,7 +34,7 @@ from models.training import evaluate, time_split, train
 
 logger = logging.getLogger(__name__)
 
-app = ClientApp()
+app = ClientApp(mods=[update_compression_mod])
 
 DEFAULT_FALSE_ALARM_RATE = 0.05
 EMBED_BATCH = 256
@@ -80,6 +81,8 @@ def train_handler(msg: Message, context: Context) -> Message:
     cfg, data, train_idx, _, net = _prepare(msg, context)
     reset_norm_statistics(net)
     server_round = int(str(msg.content.config_records["config"].get("server-round", 0)))
+    # FedProx (aggregator.strategies) sends its proximal weight with every train message
+    proximal_mu = float(str(msg.content.config_records["config"].get("proximal-mu", 0.0)))
     result = train(
         net,
         data.x[train_idx],
@@ -88,6 +91,7 @@ def train_handler(msg: Message, context: Context) -> Message:
         batch_size=cfg.batch_size,
         learning_rate=cfg.learning_rate,
         seed=cfg.seed + server_round * 1000 + context.node_id % 1000,
+        proximal_mu=proximal_mu,
     )
     metrics = MetricRecord(
         {

@@ -37,6 +37,7 @@ from types import FrameType
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
@@ -228,7 +229,7 @@ class IngestClient:
 
     # --- the loop -------------------------------------------------------------------------
 
-    def _connect_properties(self) -> Any:
+    def _connect_properties(self) -> Properties:
         props = session_properties(self._settings.session_expiry_s)
         props.ReceiveMaximum = self._receive_maximum
         return props

@@ -12,6 +12,7 @@ start loads them.
 
 from __future__ import annotations
 
+import getpass
 import logging
 import os
 import shutil
@@ -83,7 +84,12 @@ class MosquittoBroker:
         ]
         if self._persistence_dir is not None:
             self._persistence_dir.mkdir(parents=True, exist_ok=True)
-            lines += ["persistence true", f"persistence_location {self._persistence_dir}/"]
+            lines += [
+                "persistence true",
+                f"persistence_location {self._persistence_dir}/",
+                # run as root, mosquitto drops to user "mosquitto", who cannot write our folder
+                f"user {getpass.getuser()}",
+            ]
         return "\n".join(lines) + "\n"
 
     def start(self) -> MosquittoBroker:

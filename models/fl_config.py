@@ -14,6 +14,19 @@ from models.errors import SignalError
 from models.network import NetworkConfig
 
 DEFAULT_CLASSES = ("normal", "inner_race", "outer_race", "ball")
+# ``update-compression`` codecs for train replies (docs/update-compression.md)
+UPDATE_CODECS = ("none", "int8")
+# Flower strategies a run can choose with ``strategy`` (aggregator.strategies builds them)
+STRATEGIES = (
+    "fedavg",
+    "fedprox",
+    "fedadam",
+    "fedmedian",
+    "fedtrimmedavg",
+    "krum",
+    "multikrum",
+    "bulyan",
+)
 
 
 @dataclass(frozen=True)
@@ -34,6 +47,30 @@ class RunConfig:
     seed: int = 0
     round_timeout_s: float = 600.0
     signing_key: str = ""  # Ed25519 private key (PEM) that signs published models; "": unsigned
+    update_compression: str = "none"  # "int8": 8-bit updates with error feedback
+    # --- strategy and guards (docs/federated-training.md) ---
+    strategy: str = "fedavg"
+    proximal_mu: float = 0.01  # FedProx only
+    server_learning_rate: float = 0.1  # FedAdam's eta
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.99
+    adam_tau: float = 1e-3
+    trimmed_fraction: float = 0.2  # FedTrimmedAvg: cut from each tail
+    krum_byzantine: int = 0  # Krum / MultiKrum / Bulyan: Byzantine sites tolerated
+    krum_select: int = 2  # MultiKrum: updates averaged
+    min_reply_fraction: float = 0.5  # of the sampled sites, valid replies for a round to count
+    max_examples_per_site: int = 100_000  # cap on a reply's self-reported num-examples
+    norm_outlier_mads: float = 5.0  # update-norm outlier threshold in MADs; 0 disables
+    # --- checkpoints and resume ---
+    checkpoint_dir: str = "var/checkpoints"
+    run_name: str = ""  # names the checkpoint folder; the same name resumes; "": not resumable
+    # --- server-side evaluation (aggregator.evaluation) ---
+    server_eval_npz: str = ""  # .npz with x (n, channels, samples) and y (n,): held-out windows
+    server_device: str = "auto"  # auto (cuda when present), cpu or cuda
+    # --- differential privacy (docs/federated-security.md) ---
+    dp_noise_multiplier: float = 0.0  # z: noise sd z*C/min-sites on the mean of updates; 0: off
+    dp_clipping_norm: float = 1.0  # C: L2 bound of a site's update, clipped on the site
+    dp_delta: float = 1e-5  # delta at which the run's epsilon is reported
 
     def __post_init__(self) -> None:
         if self.num_server_rounds < 1 or self.local_epochs < 1 or self.batch_size < 2:
@@ -53,7 +90,76 @@ class RunConfig:
             raise SignalError(f"class-names needs two or more distinct names, got {names}")
         if "normal" in names and names[0] != "normal":
             raise SignalError("class-names must list 'normal' first")
+        if self.update_compression not in UPDATE_CODECS:
+            raise SignalError(
+                f"update-compression must be one of {', '.join(UPDATE_CODECS)}, "
+                f"got {self.update_compression!r}"
+            )
         self.network  # noqa: B018 - validates window-samples against the network's limits
+        self._check_strategy()
+        self._check_privacy()
+
+    def _check_privacy(self) -> None:
+        """Validate the differential-privacy keys."""
+        z, c = self.dp_noise_multiplier, self.dp_clipping_norm
+        if not math.isfinite(z) or z < 0:
+            raise SignalError(f"dp-noise-multiplier must be >= 0 (0: no DP), got {z}")
+        if not math.isfinite(c) or c <= 0:
+            raise SignalError(f"dp-clipping-norm must be positive, got {c}")
+        if not 0 < self.dp_delta < 1:
+            raise SignalError(f"dp-delta must be in (0, 1), got {self.dp_delta}")
+        # the noise is calibrated to a mean of clipped updates: robust rules and server
+        # optimisers change the sensitivity, so the reported epsilon would not hold
+        if z > 0 and self.strategy not in ("fedavg", "fedprox"):
+            raise SignalError(
+                f"dp-noise-multiplier > 0 needs strategy fedavg or fedprox, got {self.strategy}"
+            )
+
+    def _check_strategy(self) -> None:
+        """Validate the strategy, guard and checkpoint keys."""
+        if self.strategy not in STRATEGIES:
+            raise SignalError(
+                f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}"
+            )
+        for name in ("proximal_mu", "server_learning_rate", "adam_tau", "norm_outlier_mads"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise SignalError(f"{name.replace('_', '-')} must be >= 0, got {value}")
+        if self.strategy == "fedprox" and self.proximal_mu <= 0:
+            raise SignalError("strategy fedprox needs proximal-mu > 0 (0 is plain FedAvg)")
+        if not 0 < self.server_learning_rate <= 10 or self.adam_tau <= 0:
+            raise SignalError("server-learning-rate must be in (0, 10] and adam-tau > 0")
+        if not (0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1):
+            raise SignalError("adam-beta1 and adam-beta2 must be in [0, 1)")
+        if not 0 <= self.trimmed_fraction < 0.5:
+            raise SignalError(f"trimmed-fraction must be in [0, 0.5), got {self.trimmed_fraction}")
+        f = self.krum_byzantine
+        if f < 0 or self.krum_select < 1:
+            raise SignalError("krum-byzantine >= 0 and krum-select >= 1")
+        # Blanchard et al. (NeurIPS 2017) need n > 2f + 2 for Krum; Bulyan (El Mhamdi et al.,
+        # ICML 2018) n >= 4f + 3. Fewer sites would skip or mis-aggregate every round.
+        need = {"krum": 2 * f + 3, "multikrum": 2 * f + 3, "bulyan": 4 * f + 3}.get(self.strategy)
+        if need is not None and self.min_sites < need:
+            raise SignalError(
+                f"strategy {self.strategy} with krum-byzantine={f} needs min-sites >= {need}"
+            )
+        if not 0 < self.min_reply_fraction <= 1:
+            raise SignalError(
+                f"min-reply-fraction must be in (0, 1], got {self.min_reply_fraction}"
+            )
+        if self.max_examples_per_site < 1:
+            raise SignalError("max-examples-per-site must be >= 1")
+        if self.server_device not in ("auto", "cpu", "cuda"):
+            raise SignalError(
+                f"server-device must be auto, cpu or cuda, got {self.server_device!r}"
+            )
+        if self.run_name and (
+            self.run_name in (".", "..")
+            or not all(c.isalnum() or c in "-_." for c in self.run_name)
+        ):
+            raise SignalError(
+                f"run-name may hold only letters, digits, '-', '_', '.': {self.run_name!r}"
+            )
 
     @property
     def network(self) -> NetworkConfig:

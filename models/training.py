@@ -167,20 +167,26 @@ def evaluate(
     y: npt.NDArray[np.int64],
     class_names: tuple[str, ...],
     batch_size: int = 256,
+    device: str | torch.device = "cpu",
 ) -> EvalResult:
-    """Cross-entropy loss and accuracy of ``net`` on labelled windows."""
+    """Cross-entropy loss and accuracy of ``net`` on labelled windows.
+
+    ``device`` is where the forward passes run (``"cuda"`` on a GPU server); ``net`` is moved
+    there and stays there.
+    """
     x, y = _check(x, y, net)
+    net.to(device)
     net.eval()
     if len(y) == 0:
         return EvalResult(float("nan"), float("nan"), 0, {})
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     total, preds = 0.0, []
     for start in range(0, len(y), batch_size):
-        xb = torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size]))
-        yb = torch.from_numpy(y[start : start + batch_size])
+        xb = torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size])).to(device)
+        yb = torch.from_numpy(y[start : start + batch_size]).to(device)
         logits, _ = net(xb)
         total += float(loss_fn(logits, yb))
-        preds.append(logits.argmax(1).numpy())
+        preds.append(logits.argmax(1).cpu().numpy())
     pred = np.concatenate(preds)
     per_class = {
         name: float((pred[y == k] == k).mean())

@@ -24,12 +24,10 @@ kurtosis of 1.5:
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from scipy import stats
 
 from models.dsp._validate import FloatArray, check_signal
 
@@ -148,19 +146,25 @@ def impulse_factor(x: npt.ArrayLike, axis: int = -1) -> FloatArray:
     return _finish(_ratio(np.max(np.abs(arr), axis=ax), np.mean(np.abs(arr), axis=ax)), dtype)
 
 
-def _moment_statistic(
-    arr: npt.NDArray[np.float64], axis: int, statistic: Any
+def _standardised_moment(
+    arr: npt.NDArray[np.float64], axis: int, order: int
 ) -> npt.NDArray[np.float64]:
-    """Apply a scipy.stats moment statistic, NaN for constant slices, without warnings."""
+    """``m_order / m2 ** (order / 2)`` per slice (biased), NaN for constant slices, no warnings.
+
+    The same estimator as ``scipy.stats.skew`` / ``kurtosis`` with ``bias=True``, computed with
+    numpy directly: scipy's wrappers cost about 1.7 ms a call on a 2048-sample window (mostly
+    signature inspection), which made them most of the edge agent's per-window inference time.
+    """
     centred = arr - arr.mean(axis=axis, keepdims=True)
     scale = np.max(np.abs(arr), axis=axis)
     spread = np.max(np.abs(centred), axis=axis)
     # A slice is constant when its deviations are at rounding level of its values.
     constant = spread <= 1e-12 * np.where(scale > 0.0, scale, 1.0)
-    with warnings.catch_warnings():
-        # scipy warns about catastrophic cancellation for constant slices; they become NaN.
-        warnings.simplefilter("ignore", RuntimeWarning)
-        values = np.asarray(statistic(arr, axis=axis), dtype=np.float64)
+    squared = centred * centred
+    with np.errstate(divide="ignore", invalid="ignore"):  # constant slices become NaN below
+        m2 = np.mean(squared, axis=axis)
+        moment = squared * squared if order == 4 else squared * centred
+        values = np.mean(moment, axis=axis) / m2 ** (order / 2)
     return np.where(constant, np.nan, values)
 
 
@@ -196,11 +200,8 @@ def kurtosis(x: npt.ArrayLike, axis: int = -1, *, fisher: bool = False) -> Float
     (1.5, -1.5)
     """
     arr, dtype, ax = check_signal(x, axis)
-
-    def pearson_or_fisher(a: npt.NDArray[np.float64], axis: int) -> Any:
-        return stats.kurtosis(a, axis=axis, fisher=fisher, bias=True)
-
-    return _finish(_moment_statistic(arr, ax, pearson_or_fisher), dtype)
+    pearson = _standardised_moment(arr, ax, 4)
+    return _finish(pearson - 3.0 if fisher else pearson, dtype)
 
 
 def skewness(x: npt.ArrayLike, axis: int = -1) -> FloatArray:
@@ -214,8 +215,4 @@ def skewness(x: npt.ArrayLike, axis: int = -1) -> FloatArray:
     True
     """
     arr, dtype, ax = check_signal(x, axis)
-
-    def skew(a: npt.NDArray[np.float64], axis: int) -> Any:
-        return stats.skew(a, axis=axis, bias=True)
-
-    return _finish(_moment_statistic(arr, ax, skew), dtype)
+    return _finish(_standardised_moment(arr, ax, 3), dtype)

@@ -192,8 +192,10 @@ def test_a_broker_outage_mid_stream_loses_no_frame(
     # Assert
     assert published_offline > 0  # the stream went on during the outage
     assert_stored_exactly_once(stream.sensors, store_path)
-    assert agent.proc.poll() is None, agent.log()
-    assert "lost the broker" in agent.log()
+    log = agent.log()
+    assert agent.proc.poll() is None, log
+    assert "lost the broker" in log
+    assert "session present: True" in log  # the restarted broker kept the agent's session
 
 
 def test_a_killed_agent_restarted_mid_stream_loses_and_duplicates_nothing(

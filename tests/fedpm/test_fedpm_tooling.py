@@ -23,7 +23,7 @@ def test_toml_values_are_quoted_for_flower_config_flags() -> None:
     rendered = config_arg({"store-path": "/var/it's/store.db", "rounds": 3, "lr": 0.5, "on": True})
 
     # Assert
-    assert rendered == "store-path='/var/it\\'s/store.db' rounds=3 lr=0.5 on=true"
+    assert rendered == 'store-path="/var/it\'s/store.db" rounds=3 lr=0.5 on=true'
     assert toml_value(False) == "false"
 
 
