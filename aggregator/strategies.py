@@ -23,6 +23,7 @@ from flwr.serverapp.strategy import (
     FedTrimmedAvg,
     Krum,
     MultiKrum,
+    Strategy,
 )
 from flwr.serverapp.strategy.fedopt import FedOpt
 
@@ -82,11 +83,20 @@ def build_strategy(cfg: RunConfig) -> FedAvg:
     raise ValueError(f"unknown strategy {name!r}")  # RunConfig already refuses it
 
 
-def strategy_state(strategy: FedAvg) -> dict[str, npt.NDArray[np.generic]]:
+def base_strategy(strategy: Strategy) -> Strategy:
+    """The innermost strategy under wrappers that keep it as ``.strategy`` (Flower's DP ones)."""
+    while isinstance(getattr(strategy, "strategy", None), Strategy):
+        strategy = strategy.strategy  # type: ignore[attr-defined]
+    return strategy
+
+
+def strategy_state(strategy: Strategy) -> dict[str, npt.NDArray[np.generic]]:
     """Arrays a strategy carries from round to round (``"m_t/<name>"``, ``"v_t/<name>"``).
 
-    Empty for the stateless strategies (all but the FedOpt family).
+    Empty for the stateless strategies (all but the FedOpt family). Wrappers that keep the
+    strategy as ``.strategy`` (differential privacy) are looked through.
     """
+    strategy = base_strategy(strategy)
     state: dict[str, npt.NDArray[np.generic]] = {}
     if isinstance(strategy, FedOpt):
         for moment in STATE_MOMENTS:
@@ -95,8 +105,9 @@ def strategy_state(strategy: FedAvg) -> dict[str, npt.NDArray[np.generic]]:
     return state
 
 
-def load_strategy_state(strategy: FedAvg, state: Mapping[str, npt.NDArray[np.generic]]) -> None:
+def load_strategy_state(strategy: Strategy, state: Mapping[str, npt.NDArray[np.generic]]) -> None:
     """Put back what :func:`strategy_state` saved; refuses state of another strategy."""
+    strategy = base_strategy(strategy)
     if not state:
         return
     if not isinstance(strategy, FedOpt):

@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg, Strategy
+from flwr.serverapp.strategy import Strategy
 
 from aggregator.guards import (
     ArraySpec,
@@ -41,6 +41,7 @@ from aggregator.guards import (
     spec_of,
 )
 from aggregator.rounds import RoundLog, record_replies, site_of
+from aggregator.strategies import base_strategy
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +61,9 @@ class GuardedStrategy(Strategy):
 
     Parameters
     ----------
-    inner : FedAvg
-        The Flower strategy that samples and aggregates (FedAvg or one of its subclasses).
+    inner : Strategy
+        The Flower strategy that samples and aggregates: FedAvg or a subclass, possibly inside
+        a wrapper that keeps it as ``.strategy`` (differential privacy).
     guards : GuardConfig
         Thresholds of the guards.
     round_offset : int
@@ -72,7 +74,7 @@ class GuardedStrategy(Strategy):
 
     def __init__(
         self,
-        inner: FedAvg,
+        inner: Strategy,
         guards: GuardConfig,
         *,
         round_offset: int = 0,
@@ -82,6 +84,8 @@ class GuardedStrategy(Strategy):
             raise ValueError(f"round_offset must be >= 0, got {round_offset}")
         self.inner = inner
         self.guards = guards
+        # the metric FedAvg and its family weight by ("num-examples" unless configured)
+        self.weight_key = str(getattr(base_strategy(inner), "weighted_by_key", "num-examples"))
         self.round_offset = round_offset
         self.rounds: dict[int, RoundLog] = rounds if rounds is not None else {}
         self._spec: ArraySpec | None = None
@@ -145,7 +149,7 @@ class GuardedStrategy(Strategy):
         if len(content.metric_records) == 1:
             metrics = next(iter(content.metric_records.values()))
             keys = frozenset(metrics)
-            value = metrics.get(self.inner.weighted_by_key)
+            value = metrics.get(self.weight_key)
             if isinstance(value, int | float) and not isinstance(value, bool):
                 num_examples = float(value)
         return Candidate(site_of(msg), arrays, num_examples, keys)
@@ -168,7 +172,7 @@ class GuardedStrategy(Strategy):
         accepted = [ok[i] for i in screening.accepted]
         for msg, weight in zip(accepted, screening.weights, strict=True):
             record = next(iter(msg.content.metric_records.values()))
-            record[self.inner.weighted_by_key] = weight
+            record[self.weight_key] = weight
         record_replies(log, [*errors, *accepted], phase)
         for i, reason in screening.rejected.items():
             site = candidates[i].site
@@ -186,7 +190,7 @@ class GuardedStrategy(Strategy):
             logger.warning(
                 "round %d: %s of %s clipped from %s to %d",
                 log.server_round,
-                self.inner.weighted_by_key,
+                self.weight_key,
                 site,
                 candidates[i].num_examples,
                 self.guards.max_examples,

@@ -14,8 +14,8 @@ is one train instruction (global float32 weights + config) per site, up one trai
 (weights or int8 update + metrics + site id) per site; evaluate messages are not counted
 (they carry the same global weights down and only metrics up in both runs).
 
-    .venv/bin/python -m bench.bench_compression [--rounds 6] [--epochs 1] [--seeds 0,1,2]
-    .venv/bin/python -m bench.bench_compression --rounds 12 --epochs 2 --seeds 0,1,2,3,4  # longer
+    .venv/bin/python -m bench.bench_compression [--rounds 5] [--epochs 1] [--seeds 0,1] [--hop 2048]
+    .venv/bin/python -m bench.bench_compression --rounds 10 --seeds 0,1,2,3,4 --hop 1024  # longer
 """
 
 from __future__ import annotations
@@ -173,10 +173,10 @@ def run(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--root", type=Path, default=cwru_dir(), help="CWRU folder")
-    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=1, help="local epochs per round")
-    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
-    parser.add_argument("--hop", type=int, default=1024, help="training-window hop (samples)")
+    parser.add_argument("--seeds", default="0,1", help="comma-separated seeds")
+    parser.add_argument("--hop", type=int, default=2048, help="training-window hop (samples)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -37,7 +37,7 @@ from edge_agent.settings import AssetConfig
 from models.bearing import BearingGeometry, defect_frequencies, get_bearing
 from models.dsp.diagnosis import Verdict, diagnose
 from models.dsp.severity import MachineGroup, iso_zone, velocity_rms
-from models.dsp.time_domain import crest_factor, kurtosis, rms
+from models.dsp.time_domain import rms_kurtosis_crest
 from models.errors import SignalError
 
 ENVELOPE_EVERY: Final = 16
@@ -89,10 +89,11 @@ def window_features(samples: Samples, fs: float) -> dict[str, float]:
     0.71
     """
     x = np.asarray(samples, dtype=np.float64)
+    level, peakiness, crest = rms_kurtosis_crest(x)  # one validation for the three
     features = {
-        "rms_g": float(rms(x)),
-        "kurtosis": float(kurtosis(x)),
-        "crest_factor": float(crest_factor(x)),
+        "rms_g": float(level),
+        "kurtosis": float(peakiness),
+        "crest_factor": float(crest),
     }
     if fs >= MIN_VELOCITY_FS_HZ and x.size >= 2:
         band = (10.0, min(1_000.0, fs / 2.0))

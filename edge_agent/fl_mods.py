@@ -41,6 +41,7 @@ SCALES_KEY = f"{CODEC}.scales"
 INTS_KEY = f"{CODEC}.ints"
 _LAYOUT_ENTRY = "__layout__"
 RESIDUAL_GLOB = "fl-residual-*.npz"
+STAGING_GLOB = ".fl-residual-*.tmp"
 
 Residual = dict[str, npt.NDArray[np.float64]]
 
@@ -54,7 +55,10 @@ def residual_path(context: Context) -> Path:
 
 
 def load_residual(path: Path, layout: str) -> Residual | None:
-    """The residual saved at ``path`` for a model of ``layout``, or None (none or unusable)."""
+    """The residual saved at ``path`` for a model of ``layout``, or None (none or unusable).
+
+    ``layout`` is the model's :func:`~models.compression.layout_fingerprint` without dtypes.
+    """
     if not path.exists():
         return None
     try:
@@ -72,7 +76,7 @@ def load_residual(path: Path, layout: str) -> Residual | None:
 
 
 def save_residual(path: Path, residual: Residual, layout: str) -> None:
-    """Write ``residual`` atomically to ``path``; remove the residuals of other runs."""
+    """Write ``residual`` atomically to ``path``; remove other runs' residuals and leftovers."""
     buffer = io.BytesIO()
     entries: dict[str, npt.NDArray[np.generic]] = dict(residual)
     entries[_LAYOUT_ENTRY] = np.frombuffer(layout.encode(), np.uint8)
@@ -80,8 +84,8 @@ def save_residual(path: Path, residual: Residual, layout: str) -> None:
     staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     write_synced(staging, buffer.getvalue())
     os.replace(staging, path)
-    for old in path.parent.glob(RESIDUAL_GLOB):
-        if old != path:
+    for old in [*path.parent.glob(RESIDUAL_GLOB), *path.parent.glob(STAGING_GLOB)]:
+        if old != path:  # other runs' residuals, and staging files a crash left behind
             old.unlink(missing_ok=True)
     fsync_dir(path.parent)
 
@@ -110,7 +114,7 @@ def compress_reply(
         ``reply``, its content now holding the compressed ``"arrays"`` and a
         ``"compression"`` ConfigRecord (codec, layout); other records unchanged.
     """
-    layout = layout_fingerprint(global_arrays)
+    layout = layout_fingerprint(global_arrays, dtypes=False)
     local = _numpy(reply.content.array_records[ARRAYS_KEY])
     encoded, residual = encode_update(local, global_arrays, load_residual(path, layout))
     content = RecordDict()

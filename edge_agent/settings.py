@@ -142,6 +142,11 @@ class AgentSettings(BaseSettings):
     supernode_port: int = Field(default=9094, ge=1, le=65535)
     supernode_insecure: bool = True
     supernode_root_certificates: Path | None = None
+    supernode_auth_private_key: Path | None = Field(
+        default=None,
+        description="ECDSA private key (PEM) the SuperLink knows this node by (flwr supernode"
+        " register <public key>); needs TLS",
+    )
     supernode_restart_max_delay_s: float = Field(default=60.0, gt=0)
     window_samples: int = Field(default=2048, ge=16, le=1 << 20)
     model_poll_s: float = Field(default=2.0, gt=0)
@@ -175,6 +180,21 @@ class AgentSettings(BaseSettings):
                 raise ValueError("mqtt_tls must be enabled outside development")
             if self.mqtt_username is None or self.mqtt_password is None:
                 raise ValueError("MQTT credentials are required outside development")
+            if self.superlink is not None and self.supernode_insecure:
+                raise ValueError(
+                    "supernode_insecure must be false outside development"
+                    " (set supernode_root_certificates)"
+                )
+            if self.model_url is not None and (
+                not self.model_url.startswith("https://") or self.model_verify_key is None
+            ):
+                raise ValueError(
+                    "an HTTP model registry needs https:// and model_verify_key outside development"
+                )
+            if self.influx_url is not None and (
+                not self.influx_url.startswith("https://") or self.influx_token is None
+            ):
+                raise ValueError("influx_url needs https:// and influx_token outside development")
         if (self.mqtt_username is None) != (self.mqtt_password is None):
             raise ValueError("set both mqtt_username and mqtt_password, or neither")
         if (self.mqtt_cert_file is None) != (self.mqtt_key_file is None):

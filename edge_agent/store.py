@@ -25,7 +25,7 @@ import sqlite3
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -66,6 +66,12 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+_Deferred = tuple[
+    dict[tuple[str, str, int], Window | None],
+    dict[tuple[str, str], tuple[int, int]],
+    dict[str, int],
+]
 
 MAX_TOPIC_CHARS = 512
 MAX_DETAIL_CHARS = 1000
@@ -112,6 +118,12 @@ class LocalStore(StoreBase):
     ValueError
         A limit is negative, or the budget is under 1 MiB.
     """
+
+    # Rows that record_frame defers to the commit (see there): each channel's unfinished
+    # window, each sensor's (seq, end_ns) and counter increments. Set by _restore_deferred.
+    _partials: dict[tuple[str, str, int], Window | None]
+    _positions: dict[tuple[str, str], tuple[int, int]]
+    _counts: dict[str, int]
 
     @classmethod
     def from_settings(
@@ -169,22 +181,36 @@ class LocalStore(StoreBase):
         partials: Mapping[int, Window | None] | None = None,
         counters: Mapping[str, int] | None = None,
     ) -> list[int]:
-        """Store what one frame completed, in one transaction.
+        """Store what one frame completed, in one transaction (or in the current batch).
 
         Inserts the frame's complete windows per channel, saves each channel's unfinished
         window (``partials``; ``None`` clears it), moves the sensor's sequence position to
         ``seq`` (so a redelivery after a restart is recognised) and adds ``counters``. With a
         disk budget the oldest raw windows are evicted first to make room; when the disk turns
         out to be full the store degrades and, outside a batch, tries once more.
+
+        The windows are inserted at once; the unfinished windows, the position and the
+        counters are kept in memory and written when the transaction commits, once per
+        channel and sensor however many frames the batch holds (the last value wins), in the
+        same transaction as the windows. So a committed frame's samples are always either in
+        a window row or in its channel's partial row, and a rolled-back batch leaves nothing.
+        Inside a batch no savepoint is taken: a frame refused by the budget
+        (:class:`StoreFullError` before anything of it is written) leaves the batch intact,
+        while an SQLite error half-way through a frame fails the whole batch at its end.
+        Reads of those tables through this store inside the batch see the deferred rows.
         """
         args = (asset_id, sensor_id, seq, end_ns, windows, partials or {}, counters or {})
         try:
-            return self._record_frame(*args)
+            if self._depth:
+                return self._record_frame(*args)
+            with self._write():
+                return self._record_frame(*args)
         except StoreFullError:
             if self._depth or self._guard.degraded != "disk_full":
                 raise
             logger.warning("disk full while storing a frame; retrying degraded")
-            return self._record_frame(*args)
+            with self._write():
+                return self._record_frame(*args)
 
     def _record_frame(
         self,
@@ -196,34 +222,82 @@ class LocalStore(StoreBase):
         partials: Mapping[int, Window | None],
         counters: Mapping[str, int],
     ) -> list[int]:
-        now = time.time_ns()
-        with self._write() as conn:
-            sizes = [4 * len(p.samples) for p in partials.values() if p is not None]
-            sizes += [4 * len(w.samples) for batch in windows.values() for w in batch]
-            self._charge(conn, sizes)
+        conn = self._conn
+        if self._broken or not conn.in_transaction:
+            raise StoreError(f"a write of this batch on {self.path} failed; rolled back")
+        if self._depth == 1 and self._plan is not None:
+            self._split_if_large(conn)
+        sizes = [4 * len(p.samples) for p in partials.values() if p is not None]
+        sizes += [4 * len(w.samples) for batch in windows.values() for w in batch]
+        try:
+            self._charge(conn, sizes)  # StoreFullError here: nothing of the frame written
             ids = self._insert_windows(conn, asset_id, sensor_id, windows, charged=True)
-            for channel, part in partials.items():
-                key = (asset_id, sensor_id, channel)
-                if part is None:
-                    conn.execute(
-                        "DELETE FROM partials WHERE asset_id = ? AND sensor_id = ? AND channel = ?",
-                        key,
-                    )
-                else:
-                    conn.execute(
-                        "INSERT OR REPLACE INTO partials (asset_id, sensor_id, channel, start_ns,"
-                        " sample_rate_hz, samples) VALUES (?, ?, ?, ?, ?, ?)",
-                        (*key, part.start_ns, part.sample_rate_hz, to_blob(part.samples)),
-                    )
-            conn.execute(
+        except StoreFullError:
+            self._room = None
+            raise
+        except sqlite3.Error as exc:
+            self._broken = True  # the frame may be half-written: the batch must not commit
+            raise self._translate(exc) from exc
+        except BaseException:
+            self._broken = True
+            raise
+        for channel, part in partials.items():
+            self._partials[(asset_id, sensor_id, channel)] = part
+        self._positions[(asset_id, sensor_id)] = (seq, end_ns)
+        bumps = self._counts
+        for name, n in counters.items():
+            bumps[name] = bumps.get(name, 0) + n
+        return ids
+
+    def _write_deferred(self, conn: sqlite3.Connection) -> None:
+        partials, positions, counts = self._partials, self._positions, self._counts
+        if not (partials or positions or counts):
+            return
+        self._partials, self._positions, self._counts = {}, {}, {}
+        gone = [key for key, part in partials.items() if part is None]
+        if gone:
+            conn.executemany(
+                "DELETE FROM partials WHERE asset_id = ? AND sensor_id = ? AND channel = ?", gone
+            )
+        kept = [
+            (*key, part.start_ns, part.sample_rate_hz, to_blob(part.samples))
+            for key, part in partials.items()
+            if part is not None
+        ]
+        if kept:
+            conn.executemany(
+                "INSERT OR REPLACE INTO partials (asset_id, sensor_id, channel, start_ns,"
+                " sample_rate_hz, samples) VALUES (?, ?, ?, ?, ?, ?)",
+                kept,
+            )
+        now = time.time_ns()
+        if positions:
+            conn.executemany(
                 "INSERT INTO sensors (asset_id, sensor_id, last_seq, last_end_ns, updated_ns)"
                 " VALUES (?, ?, ?, ?, ?) ON CONFLICT (asset_id, sensor_id) DO UPDATE SET"
                 " last_seq = excluded.last_seq, last_end_ns = excluded.last_end_ns,"
                 " updated_ns = excluded.updated_ns",
-                (asset_id, sensor_id, seq_to_db(seq), end_ns, now),
+                [(a, s, seq_to_db(q), e, now) for (a, s), (q, e) in positions.items()],
             )
-            self._bump(conn, "counters", counters, now)
-            return ids
+        self._bump(conn, "counters", counts, now)
+
+    def _deferred_snapshot(self) -> object:
+        return (dict(self._partials), dict(self._positions), dict(self._counts))
+
+    def _restore_deferred(self, snapshot: object) -> None:
+        if snapshot is None:
+            self._partials, self._positions, self._counts = {}, {}, {}
+        else:
+            self._partials, self._positions, self._counts = cast(_Deferred, snapshot)
+
+    def _see_deferred(self) -> None:
+        """Write the deferred rows now, so that a read inside a batch sees them."""
+        if self._depth and not self._broken and self._conn.in_transaction:
+            try:
+                self._write_deferred(self._conn)
+            except sqlite3.Error as exc:
+                self._broken = True
+                raise self._translate(exc) from exc
 
     def _insert_windows(
         self,
@@ -280,6 +354,7 @@ class LocalStore(StoreBase):
 
     def partial_windows(self) -> dict[tuple[str, str, int], Window]:
         """Each (asset, sensor, channel)'s unfinished window saved by :meth:`record_frame`."""
+        self._see_deferred()
         with self._read() as conn:
             rows = conn.execute(
                 "SELECT asset_id, sensor_id, channel, start_ns, sample_rate_hz, samples"
@@ -292,6 +367,7 @@ class LocalStore(StoreBase):
 
     def sensor_states(self) -> dict[tuple[str, str], SensorState]:
         """Last stored sequence position per (asset, sensor)."""
+        self._see_deferred()
         with self._read() as conn:
             rows = conn.execute(
                 "SELECT asset_id, sensor_id, last_seq, last_end_ns FROM sensors"
@@ -501,6 +577,7 @@ class LocalStore(StoreBase):
 
     def counters(self) -> dict[str, int]:
         """Named event counters."""
+        self._see_deferred()
         with self._read() as conn:
             return dict(conn.execute("SELECT name, value FROM counters").fetchall())
 

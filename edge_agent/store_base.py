@@ -102,7 +102,10 @@ class StoreBase:
         self._broken = False  # the outer transaction was lost; its batch must fail
         self._txn_bytes = 0
         self._wal_bytes = 0
+        self._room: int | None = None  # pages still allocatable in this transaction, estimated
+        self._room_cap = 0  # the page cap that estimate was made under
         self._recorded: tuple[str, dict[str, Any]] | None = None
+        self._restore_deferred(None)  # nothing deferred yet
         try:
             self._conn = self._connect()
         except sqlite3.Error as exc:
@@ -204,18 +207,20 @@ class StoreBase:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot start a write on {self.path}: {exc}") from exc
-        self._depth, self._broken, self._txn_bytes = 1, False, 0
+        self._depth, self._broken, self._txn_bytes, self._room = 1, False, 0, None
         try:
             self._on_begin(conn)
             yield conn
             if self._broken:
                 raise StoreError(f"a write of this batch on {self.path} failed; rolled back")
+            self._write_deferred(conn)
             self._before_commit(conn)
             conn.execute("COMMIT")
         except BaseException as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             self._guard.forget_counts()
+            self._restore_deferred(None)
             if isinstance(exc, sqlite3.Error):
                 raise self._translate(exc) from exc
             raise
@@ -232,11 +237,14 @@ class StoreBase:
             self._split_if_large(conn)
         name = f"fedpm_{self._depth}"
         conn.execute(f"SAVEPOINT {name}")
+        deferred = self._deferred_snapshot()
         self._depth += 1
         try:
             yield conn
             conn.execute(f"RELEASE {name}")
         except BaseException as exc:
+            self._room = None  # the rollback may bring evicted rows back
+            self._restore_deferred(deferred)
             try:
                 if not conn.in_transaction:  # SQLite gave up the whole transaction
                     raise sqlite3.OperationalError("transaction rolled back")
@@ -262,7 +270,9 @@ class StoreBase:
 
         Every write method called inside the block joins the transaction (as a savepoint, so
         a failed write that the caller handles leaves the rest intact); an exception leaving
-        the block rolls back the whole batch. Nesting is safe (an inner batch is a savepoint).
+        the block rolls back the whole batch. :meth:`LocalStore.record_frame`, the ingest hot
+        path, joins without a savepoint and defers its small rows to the commit (see there).
+        Nesting is safe (an inner batch is a savepoint).
         With a disk budget, a batch whose payload passes :attr:`max_batch_bytes` is committed
         in parts (each part atomic), so the WAL stays inside its allowance.
 
@@ -358,15 +368,17 @@ class StoreBase:
         if self._plan is None or self._txn_bytes < self._plan.max_txn_bytes:
             return
         try:
+            self._write_deferred(conn)
             self._before_commit(conn)
             conn.execute("COMMIT")
             self._after_commit()
             self._before_begin()
             conn.execute("BEGIN IMMEDIATE")
-            self._txn_bytes = 0
+            self._txn_bytes, self._room = 0, None
             self._on_begin(conn)
         except BaseException as exc:
             self._broken = True
+            self._restore_deferred(None)
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             if isinstance(exc, sqlite3.Error):
@@ -381,14 +393,14 @@ class StoreBase:
             cap = min(cap, self._guard.frozen_pages)
         return cap
 
-    def _make_room(self, conn: sqlite3.Connection, need_pages: int) -> None:
-        """Evict old rows until ``need_pages`` pages can be written without passing the cap."""
+    def _make_room(self, conn: sqlite3.Connection, need_pages: int) -> int:
+        """Evict old rows until ``need_pages`` pages can be written; return the room found."""
         cap = self._cap_pages(conn)
         while True:
             pages, free = page_counts(conn)
             room = cap - pages + free
             if room >= need_pages:
-                return
+                return room
             evicted = evict_oldest(conn, max(1, (need_pages - room) // 4))
             if evicted is None:
                 raise StoreFullError(
@@ -399,12 +411,28 @@ class StoreBase:
                 self._guard.window_count = None
 
     def _charge(self, conn: sqlite3.Connection, payload_bytes: Sequence[int]) -> None:
-        """Make room for rows holding ``payload_bytes`` each (with the budget's reserve)."""
+        """Make room for rows holding ``payload_bytes`` each (with the budget's reserve).
+
+        The room measured (two ``PRAGMA`` statements) is kept for the rest of the transaction and
+        each charge takes its pages from it; it is measured again (evicting as needed) only
+        when the estimate no longer covers a charge and the reserve. The estimate only errs
+        low: pages are over-counted (:func:`edge_agent.budget.pages_for`), writes that free
+        pages are not credited, uncharged writes (counters, positions) are what the reserve
+        is for, and :meth:`_before_commit` checks the real page count before ``COMMIT``.
+        """
         self._txn_bytes += sum(payload_bytes)
         plan = self._plan
-        if plan is not None and payload_bytes:
-            need = sum(pages_for(n, plan.page_size) for n in payload_bytes)
-            self._make_room(conn, need + self._reserve_pages())
+        if plan is None or not payload_bytes:
+            return
+        need = sum(pages_for(n, plan.page_size) for n in payload_bytes)
+        reserve = self._reserve_pages()
+        cap = self._cap_pages(conn)
+        room = self._room
+        if room is None or self._room_cap != cap or room < need + reserve:
+            self._room = None
+            room = self._make_room(conn, need + reserve)
+            self._room_cap = cap
+        self._room = room - need
 
     def _reserve_pages(self) -> int:
         assert self._plan is not None
@@ -422,6 +450,18 @@ class StoreBase:
         excess = guard.window_count - guard.degraded_windows
         if excess > 0:
             guard.window_count -= evict_windows(conn, min(excess, 64), scored_first=True)
+
+    # --- writes deferred to the end of a transaction (see LocalStore.record_frame) ---------
+
+    def _write_deferred(self, conn: sqlite3.Connection) -> None:
+        """Write what was deferred to the end of the transaction (before ``COMMIT``)."""
+
+    def _deferred_snapshot(self) -> object:
+        """What :meth:`_restore_deferred` needs to undo deferrals made inside a savepoint."""
+        return None
+
+    def _restore_deferred(self, snapshot: object) -> None:
+        """Go back to ``snapshot`` (``None``: drop every deferred write; rolled back)."""
 
     @property
     def budget(self) -> BudgetPlan | None:

@@ -86,8 +86,9 @@ def supernode_argv(settings: AgentSettings, executable: str | None = None) -> li
     Raises
     ------
     ConfigError
-        No ``superlink`` is set; ``supernode_root_certificates`` is set together with
-        ``supernode_insecure = true``; or the root certificates cannot be read.
+        No ``superlink`` is set; ``supernode_root_certificates`` or
+        ``supernode_auth_private_key`` is set together with ``supernode_insecure = true``; or
+        one of those files cannot be read.
     """
     if settings.superlink is None:
         raise ConfigError("superlink is not set: there is no SuperNode to run")
@@ -117,6 +118,21 @@ def supernode_argv(settings: AgentSettings, executable: str | None = None) -> li
         argv += ["--root-certificates", str(certs)]
     elif settings.supernode_insecure:
         argv.append("--insecure")
+    key = settings.supernode_auth_private_key
+    if key is not None:
+        if settings.supernode_insecure:
+            raise ConfigError(
+                "supernode_auth_private_key needs TLS to the SuperLink (supernode_insecure ="
+                " false): Flower refuses node authentication over plain connections"
+            )
+        try:
+            with key.open("rb") as handle:
+                handle.read(1)
+        except OSError as exc:
+            raise ConfigError(
+                f"supernode_auth_private_key {key} cannot be read: {exc.strerror or exc}"
+            ) from exc
+        argv += ["--auth-supernode-private-key", str(key)]
     return argv
 
 

@@ -103,20 +103,27 @@ def is_quantised(array: npt.NDArray[np.generic]) -> bool:
     raise CompressionError(f"cannot carry a tensor of dtype {array.dtype} in an update")
 
 
-def layout_fingerprint(reference: Arrays) -> str:
-    """A short hash of the names, shapes and dtypes of ``reference``, in order.
+def layout_fingerprint(reference: Arrays, *, dtypes: bool = True) -> str:
+    """A short hash of the names, shapes and (optionally) dtypes of ``reference``, in order.
 
     Parameters
     ----------
     reference
         The model's tensors by name (a state dict as numpy arrays).
+    dtypes
+        Include the dtypes (the codec's layout). Without them the hash names the model's
+        shape only, which a residual needs: FedAvg turns integer buffers into float64 after
+        round 1, and the residual of the float tensors stays valid across that change.
 
     Returns
     -------
     str
         16 hex digits; equal for two models exactly when their layouts are equal.
     """
-    text = ";".join(f"{k}:{tuple(v.shape)}:{v.dtype.str}" for k, v in reference.items())
+    text = ";".join(
+        f"{k}:{tuple(v.shape)}" + (f":{v.dtype.str}" if dtypes else "")
+        for k, v in reference.items()
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -187,6 +194,7 @@ def encode_update(
         dtype may differ, e.g. an int64 buffer that FedAvg turned into a float64 average).
     residual
         What quantisation dropped last round (float64, per floating-point tensor), or None.
+        A tensor without an entry carries nothing (it was not quantised last round).
 
     Returns
     -------
@@ -213,9 +221,10 @@ def encode_update(
         target = np.asarray(local[name], np.float64) - np.asarray(ref, np.float64)
         if residual is not None:
             carried = residual.get(name)
-            if carried is None or carried.shape != ref.shape:
+            if carried is not None and carried.shape != ref.shape:
                 raise CompressionError(f"residual does not match tensor {name!r}")
-            target = target + np.asarray(carried, np.float64)
+            if carried is not None:
+                target = target + np.asarray(carried, np.float64)
         q, scale = quantise(target)
         parts.append(q.ravel())
         scales.append(scale)

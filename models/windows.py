@@ -78,12 +78,24 @@ class Windower:
                 self.reset()
         if not len(self._buffer):
             self._buffer_start_ns, self._fs = start_ns, sample_rate_hz
-        self._buffer = np.concatenate([self._buffer, x])
+            # The buffer is never written in place, so a read-only chunk (a decoded frame's
+            # samples) is kept as it is; a writable one is copied, as the caller may reuse it.
+            self._buffer = x.copy() if x.flags.writeable else x
+        else:
+            self._buffer = np.concatenate([self._buffer, x])
         out = []
         hop = self.hop_samples or self.window_samples
+        size = self.window_samples
+        if len(self._buffer) == size and self._buffer.flags.owndata:
+            # Exactly one window in a buffer of its own (the common case: it was concatenated
+            # or copied just above): the window takes the array instead of a copy of it.
+            out.append(Window(self._buffer_start_ns, self._fs, self._buffer))
+            self._buffer_start_ns += round(hop * 1e9 / self._fs)
+            self._buffer = self._buffer[hop:].copy()
+            return out
         consumed = 0
-        while len(self._buffer) - consumed >= self.window_samples:
-            seg = self._buffer[consumed : consumed + self.window_samples].copy()
+        while len(self._buffer) - consumed >= size:
+            seg = self._buffer[consumed : consumed + size].copy()
             t = self._buffer_start_ns + round(consumed * 1e9 / self._fs)
             out.append(Window(t, self._fs, seg))
             consumed += hop

@@ -39,6 +39,7 @@ is in zone C:
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from collections.abc import Mapping
@@ -84,6 +85,27 @@ ZONE_BOUNDARIES_MM_S: Mapping[tuple[int, str], tuple[float, float, float]] = Map
 """A/B, B/C and C/D boundaries in mm/s RMS, keyed by (machine group, mounting)."""
 
 
+@functools.lru_cache(maxsize=64)
+def _velocity_lines(
+    n: int, fs: float, low: float, high: float
+) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.complex128], npt.NDArray[np.float64]]:
+    """The spectral lines `velocity_rms` keeps, their ``j 2 pi f`` and Parseval weights.
+
+    They depend only on the window length, rate and band, which stay the same window after
+    window on a channel, so they are computed once (read-only arrays).
+    """
+    freqs = np.fft.rfftfreq(n, d=1.0 / fs)
+    inside = (freqs >= low) & (freqs <= high)
+    jw = np.asarray(2j * np.pi * freqs[inside], dtype=np.complex128)
+    # One-sided Parseval: every line but DC and Nyquist stands for two.
+    weight = np.asarray(
+        np.where((freqs[inside] == fs / 2.0) & (n % 2 == 0), 1.0, 2.0), dtype=np.float64
+    )
+    for array in (inside, jw, weight):
+        array.flags.writeable = False
+    return inside, jw, weight
+
+
 def velocity_rms(
     x: npt.ArrayLike,
     fs: float,
@@ -127,11 +149,8 @@ def velocity_rms(
     arr, dtype, ax = check_signal(x, axis, min_samples=2)
     n = arr.shape[ax]
     spectrum = np.fft.rfft(np.moveaxis(arr, ax, -1) * STANDARD_GRAVITY, axis=-1)  # m/s**2
-    freqs = np.fft.rfftfreq(n, d=1.0 / fs)
-    inside = (freqs >= low) & (freqs <= high)
-    velocity = spectrum[..., inside] / (2j * np.pi * freqs[inside])  # m/s
-    # One-sided Parseval: every line but DC and Nyquist stands for two.
-    weight = np.where((freqs[inside] == fs / 2.0) & (n % 2 == 0), 1.0, 2.0)
+    inside, jw, weight = _velocity_lines(n, fs, low, high)
+    velocity = spectrum[..., inside] / jw  # m/s
     mean_square = (weight * np.abs(velocity) ** 2).sum(axis=-1) / n**2
     return np.asarray(np.sqrt(mean_square) * 1_000.0, dtype=dtype)
 

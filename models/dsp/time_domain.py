@@ -38,6 +38,7 @@ __all__ = [
     "peak",
     "peak_to_peak",
     "rms",
+    "rms_kurtosis_crest",
     "shape_factor",
     "skewness",
 ]
@@ -202,6 +203,34 @@ def kurtosis(x: npt.ArrayLike, axis: int = -1, *, fisher: bool = False) -> Float
     arr, dtype, ax = check_signal(x, axis)
     pearson = _standardised_moment(arr, ax, 4)
     return _finish(pearson - 3.0 if fisher else pearson, dtype)
+
+
+def rms_kurtosis_crest(
+    x: npt.ArrayLike, axis: int = -1
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """RMS, Pearson kurtosis and crest factor of `x` with one validation of it.
+
+    The same values as ``rms(x, axis)``, ``kurtosis(x, axis)`` and ``crest_factor(x, axis)``
+    (same arithmetic), for a caller that wants all three per window: `x` is checked and
+    converted once and the RMS is computed once.
+
+    Raises
+    ------
+    SignalError
+        On empty, non-finite or non-real `x`, or an invalid `axis`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = 3.0 * np.sin(2 * np.pi * np.arange(1_000) / 100)
+    >>> [round(float(v), 4) for v in rms_kurtosis_crest(x)]
+    [2.1213, 1.5, 1.4142]
+    """
+    arr, dtype, ax = check_signal(x, axis)
+    level = _rms(arr, ax)
+    crest = _ratio(np.max(np.abs(arr), axis=ax), level)
+    pearson = _standardised_moment(arr, ax, 4)
+    return _finish(level, dtype), _finish(pearson, dtype), _finish(crest, dtype)
 
 
 def skewness(x: npt.ArrayLike, axis: int = -1) -> FloatArray:

@@ -159,15 +159,16 @@ def test_residual_outlives_the_process_and_feeds_the_next_round(tmp_path: Path) 
     g0 = _global_arrays()
     local1 = _moved(_numpy(g0), 1e-3, seed=1)
 
-    # Execute: round 1 in one "process" (a fresh Context), round 2 in another
+    # Execute: round 1 in one "process" (a fresh Context), FedAvg, round 2 in another
     reply1 = update_compression_mod(
         _instruction(g0), _context(store, "int8"), _replying_with(local1)
     )
     residual1 = load_residual(
-        residual_path(_context(store, "int8")), layout_fingerprint(_numpy(g0))
+        residual_path(_context(store, "int8")), layout_fingerprint(_numpy(g0), dtypes=False)
     )
     [decoded1] = decompress_replies([reply1], g0)
-    g1 = decoded1.content["arrays"]
+    g1, _ = FedAvg(min_train_nodes=1, min_available_nodes=1).aggregate_train(1, [decoded1])
+    assert g1 is not None
     local2 = _moved(_numpy(g1), 1e-3, seed=2)
     reply2 = update_compression_mod(
         _instruction(g1, server_round=2), _context(store, "int8"), _replying_with(local2)
@@ -175,11 +176,13 @@ def test_residual_outlives_the_process_and_feeds_the_next_round(tmp_path: Path) 
     [decoded2] = decompress_replies([reply2], g1)
     g2 = _numpy(decoded2.content["arrays"])
     residual2 = load_residual(
-        residual_path(_context(store, "int8")), layout_fingerprint(_numpy(g1))
+        residual_path(_context(store, "int8")), layout_fingerprint(_numpy(g1), dtypes=False)
     )
 
-    # Assert: round 1's residual is what its decoding missed, and round 2 carried it: the two
-    # rounds' decoded updates add up to the true ones minus round 2's residual only
+    # Assert: round 1's residual is what its decoding missed, and round 2 carried it (although
+    # FedAvg made the int64 buffers float64): the two rounds' decoded updates add up to the
+    # true ones minus round 2's residual only
+    assert g1["features.0.1.num_batches_tracked"].dtype == "float64"
     assert residual1 is not None
     assert residual2 is not None
     g0_np, g1_np = _numpy(g0), _numpy(g1)
@@ -202,14 +205,17 @@ def test_a_new_run_starts_without_the_old_residual(tmp_path: Path) -> None:
     update_compression_mod(_instruction(g0), _context(store, "int8"), _replying_with(local))
     old = tmp_path / f"fl-residual-{RUN_ID}.npz"
     assert old.exists()
+    crashed = tmp_path / f".fl-residual-{RUN_ID}.npz.999.tmp"  # a write a power cut stopped
+    crashed.write_bytes(b"half")
 
     # Execute
     reply = update_compression_mod(
         _instruction(g0), _context(store, "int8", run_id=RUN_ID + 1), _replying_with(local)
     )
 
-    # Assert: the old run's file is gone; the new run's update is the plain one (no residual)
+    # Assert: the old run's files are gone; the new run's update is the plain one (no residual)
     assert not old.exists()
+    assert not crashed.exists()
     assert (tmp_path / f"fl-residual-{RUN_ID + 1}.npz").exists()
     fresh = update_compression_mod(
         _instruction(g0), _context(store, "int8", run_id=RUN_ID + 2), _replying_with(local)
@@ -232,7 +238,8 @@ def test_an_unreadable_residual_is_dropped_not_fatal(tmp_path: Path) -> None:
 
     # Assert
     assert is_compressed(reply)
-    assert load_residual(tmp_path / f"fl-residual-{RUN_ID}.npz", layout_fingerprint(_numpy(g0)))
+    layout = layout_fingerprint(_numpy(g0), dtypes=False)
+    assert load_residual(tmp_path / f"fl-residual-{RUN_ID}.npz", layout)
 
 
 def test_mod_leaves_evaluate_and_uncompressed_runs_alone_and_refuses_unknown_codecs(

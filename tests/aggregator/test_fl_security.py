@@ -3,7 +3,7 @@
 One federation serves every check (a round costs ~20 s on a small machine): the SuperLink runs
 with TLS and ``--enable-supernode-auth``; two sites whose public keys were registered train a
 round and publish a model; a SuperNode with an unregistered key and one that trusts another CA
-try to join beside them and are refused.
+try to join beside them and are refused; then an operator revokes one site.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from fedpm.demo import app_dir
-from fedpm.federation import LocalFederation, SiteNode
+from fedpm.federation import CONNECTION, LocalFederation, SiteNode
 from fedpm.pki import write_node_key, write_server_tls
 from fedpm.procs import ProcessGroup
 from fedpm.seed_store import seed_store
@@ -56,6 +56,9 @@ def test_tls_federation_admits_registered_nodes_only(tmp_path: Path) -> None:
             on_line=lines.append,
         )
         listed = federation.nodes()
+        revoked = str(listed[-1]["node-id"])
+        federation.flwr("supernode", "unregister", revoked, CONNECTION)
+        after_revoking = {str(n["node-id"]): n["status"] for n in federation.nodes()}
         unknown_code = unknown.proc.wait(timeout=120)
         untrusting_code = untrusting.proc.wait(timeout=120)
         superlink_log = group.children[0].tail(400)
@@ -67,6 +70,9 @@ def test_tls_federation_admits_registered_nodes_only(tmp_path: Path) -> None:
     # only the registered nodes are known to the SuperLink, both online
     assert len(listed) == 2
     assert {n["status"] for n in listed} == {"online"}
+    # an operator revokes a site: the SuperLink marks it so, the other stays online
+    assert after_revoking.pop(revoked) == "unregistered"
+    assert list(after_revoking.values()) == ["online"]
     # the unregistered key was refused at activation, and that SuperNode gave up
     assert unknown_code != 0
     assert "Failed to activate SuperNode" in unknown.tail(40)

@@ -16,7 +16,7 @@ from flwr.app import (
     MetricRecord,
     RecordDict,
 )
-from flwr.serverapp.strategy import FedAdam
+from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping, FedAdam
 from flwr.supercore.task_identity import TaskIdentity
 
 from aggregator.checkpoint import to_record
@@ -254,3 +254,25 @@ def test_run_config_parses_strategy_keys_from_flower() -> None:
     assert guard_config(cfg) == GuardConfig(
         max_examples=100_000, norm_outlier_mads=5.0, min_reply_fraction=1.0
     )
+
+
+def test_state_and_weight_key_are_found_under_a_privacy_wrapper() -> None:
+    # Prepare: Flower's DP wrappers keep the strategy they wrap as `.strategy`
+    adam = FedAdam(weighted_by_key="windows")
+    adam.m_t, adam.v_t = {"w": np.ones(2)}, {"w": np.full(2, 2.0)}
+    wrapped = DifferentialPrivacyClientSideFixedClipping(
+        adam, noise_multiplier=1.0, clipping_norm=1.0, num_sampled_clients=2
+    )
+
+    # Execute
+    state = strategy_state(wrapped)
+    fresh = DifferentialPrivacyClientSideFixedClipping(
+        FedAdam(), noise_multiplier=1.0, clipping_norm=1.0, num_sampled_clients=2
+    )
+    load_strategy_state(fresh, state)
+
+    # Assert
+    assert sorted(state) == ["m_t/w", "v_t/w"]
+    assert GuardedStrategy(wrapped, GuardConfig()).weight_key == "windows"
+    assert fresh.strategy.v_t is not None  # type: ignore[attr-defined]
+    np.testing.assert_array_equal(fresh.strategy.v_t["w"], [2.0, 2.0])  # type: ignore[attr-defined]

@@ -115,3 +115,45 @@ def test_throttle_lets_one_event_per_interval_through() -> None:
     # Assert
     assert first == [0, None, None]
     assert later == 2  # two suppressed since the last one let through
+
+
+@pytest.mark.parametrize(
+    ("extra", "problem"),
+    [
+        ({"superlink": "cloud:9092"}, "supernode_insecure"),
+        ({"model_url": "http://registry.example/models"}, "model_verify_key"),
+        (
+            {"model_url": "https://registry.example/models"},
+            "model_verify_key",
+        ),
+        ({"influx_url": "http://influx.example:8086", "influx_token": "t"}, "influx_token"),
+        ({"influx_url": "https://influx.example:8086"}, "influx_token"),
+    ],
+)
+def test_production_refuses_unauthenticated_links(extra: dict[str, str], problem: str) -> None:
+    # Prepare
+    secure = {"mqtt_tls": True, "mqtt_username": "u", "mqtt_password": "p"}
+
+    # Execute / Assert
+    with pytest.raises(ConfigError, match=problem):
+        load_settings(site_id="a", environment="production", **secure, **extra)
+
+
+def test_production_accepts_authenticated_links(tmp_path: Path) -> None:
+    # Execute
+    s = load_settings(
+        site_id="a",
+        environment="production",
+        mqtt_tls=True,
+        mqtt_username="u",
+        mqtt_password="p",
+        superlink="cloud:9092",
+        supernode_insecure=False,
+        model_url="https://registry.example/models",
+        model_verify_key=tmp_path / "signing.pub",
+        influx_url="https://influx.example:8086",
+        influx_token="t",
+    )
+
+    # Assert
+    assert s.models_enabled and s.influx_token is not None

@@ -159,3 +159,33 @@ def test_contradictory_or_unreadable_supernode_settings_are_config_errors(tmp_pa
         supernode_argv(AgentSettings(**{**base, "store_path": tmp_path / "both ' and \"quotes"}))
     with pytest.raises(ConfigError, match="superlink is not set"):
         SuperNodeSupervisor(AgentSettings(site_id=SITE, store_path=tmp_path / "s.db"))
+
+
+def test_node_authentication_key_is_passed_only_over_tls(tmp_path: Path) -> None:
+    # Prepare: a real key pair as `fedpm keys supernode` writes it
+    from fedpm.cli import main as fedpm_main
+
+    assert fedpm_main(["keys", "supernode", "--out", str(tmp_path), "--name", SITE]) == 0
+    key = tmp_path / SITE
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n", encoding="utf-8")
+    base = {"site_id": SITE, "store_path": tmp_path / "s.db", "superlink": "cloud:9092"}
+
+    # Execute
+    argv = supernode_argv(
+        AgentSettings(
+            **base,
+            supernode_insecure=False,
+            supernode_root_certificates=ca,
+            supernode_auth_private_key=key,
+        ),
+        "sn",
+    )
+
+    # Assert
+    assert argv[-2:] == ["--auth-supernode-private-key", str(key)]
+    assert (tmp_path / f"{SITE}.pub").read_text().startswith("ecdsa-sha2-nistp384 ")
+    assert key.stat().st_mode & 0o077 == 0
+    with pytest.raises(ConfigError, match="needs TLS"):
+        supernode_argv(AgentSettings(**base, supernode_auth_private_key=key))
+    assert fedpm_main(["keys", "supernode", "--out", str(tmp_path), "--name", SITE]) == 1
