@@ -19,8 +19,10 @@ from aggregator.checkpoint import (
     config_hash,
     to_record,
 )
+from aggregator.compression import CompressionGrid
 from aggregator.evaluation import ServerEvaluator
 from aggregator.guards import GuardConfig
+from aggregator.privacy import with_dp
 from aggregator.publish import RoundPublisher
 from aggregator.strategies import build_strategy, load_strategy_state, strategy_state
 from aggregator.strategy import GuardedStrategy
@@ -136,7 +138,8 @@ def main(grid: Grid, context: Context) -> None:
     store = CheckpointStore.for_run(cfg, run_id)
     publisher = RoundPublisher(cfg, FileRegistry(cfg.registry_dir), run_id, {})
     evaluator = ServerEvaluator.from_config(cfg)  # a bad file fails here, before round 1
-    inner = build_strategy(cfg)
+    # guards outside DP: clipping and noise see only the accepted replies (docs/federated-*.md)
+    inner = with_dp(build_strategy(cfg), cfg)
     net = build_model(cfg.network, seed=cfg.seed)
     reference = ArrayRecord(net.state_dict())
     ckpt = resume(store, cfg, publisher, run_id)
@@ -163,7 +166,7 @@ def main(grid: Grid, context: Context) -> None:
         logger.info("run %s already completed %d rounds", cfg.run_name, ckpt.server_round)
         return
     strategy.start(
-        grid=grid,
+        grid=CompressionGrid(grid),  # decodes compressed replies; passes others through
         initial_arrays=initial,
         num_rounds=remaining,
         timeout=cfg.round_timeout_s,

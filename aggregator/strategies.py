@@ -4,13 +4,15 @@ No strategy is forked: each is Flower's class with FedPM's sampling settings and
 config's parameters. ``aggregator.strategy.GuardedStrategy`` wraps whichever is chosen, so the
 guards, the round logs and the checkpoints apply to all of them alike.
 
-Strategy state that must survive a restart (FedAdam's first and second moments) is read and
-written by :func:`strategy_state` and :func:`load_strategy_state`.
+Strategy state that must survive a restart (FedAdam's first and second moments, the rounds a
+differential-privacy accountant has counted) is read and written by :func:`strategy_state`
+and :func:`load_strategy_state`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -30,6 +32,7 @@ from flwr.serverapp.strategy.fedopt import FedOpt
 from models.fl_config import RunConfig
 
 STATE_MOMENTS = ("m_t", "v_t")
+DP_STATE = "dp/noise-multipliers"
 
 
 def build_strategy(cfg: RunConfig) -> FedAvg:
@@ -90,32 +93,58 @@ def base_strategy(strategy: Strategy) -> Strategy:
     return strategy
 
 
-def strategy_state(strategy: Strategy) -> dict[str, npt.NDArray[np.generic]]:
-    """Arrays a strategy carries from round to round (``"m_t/<name>"``, ``"v_t/<name>"``).
+def _accountant(strategy: Strategy) -> Any | None:
+    """The privacy accountant of a DP wrapper in the chain (``.privacy`` with ``restore``)."""
+    while True:
+        privacy = getattr(strategy, "privacy", None)
+        if privacy is not None and hasattr(privacy, "restore"):
+            return privacy
+        inner = getattr(strategy, "strategy", None)
+        if not isinstance(inner, Strategy):
+            return None
+        strategy = inner
 
-    Empty for the stateless strategies (all but the FedOpt family). Wrappers that keep the
-    strategy as ``.strategy`` (differential privacy) are looked through.
+
+def strategy_state(strategy: Strategy) -> dict[str, npt.NDArray[np.generic]]:
+    """Arrays a strategy carries from round to round.
+
+    FedOpt's moments as ``"m_t/<name>"`` and ``"v_t/<name>"``; a DP wrapper's accountant as
+    ``"dp/noise-multipliers"`` (one per round, so a resumed run keeps counting its epsilon).
+    Empty for the stateless strategies. Wrappers that keep the strategy as ``.strategy`` are
+    looked through.
     """
-    strategy = base_strategy(strategy)
     state: dict[str, npt.NDArray[np.generic]] = {}
-    if isinstance(strategy, FedOpt):
+    accountant = _accountant(strategy)
+    if accountant is not None:
+        state[DP_STATE] = np.asarray(accountant.noise_multipliers, dtype=np.float64)
+    base = base_strategy(strategy)
+    if isinstance(base, FedOpt):
         for moment in STATE_MOMENTS:
-            for key, value in (getattr(strategy, moment) or {}).items():
+            for key, value in (getattr(base, moment) or {}).items():
                 state[f"{moment}/{key}"] = np.asarray(value)
     return state
 
 
 def load_strategy_state(strategy: Strategy, state: Mapping[str, npt.NDArray[np.generic]]) -> None:
     """Put back what :func:`strategy_state` saved; refuses state of another strategy."""
-    strategy = base_strategy(strategy)
-    if not state:
+    accountant = _accountant(strategy)
+    if DP_STATE in state:
+        if accountant is None:
+            raise ValueError(
+                "checkpoint holds differential-privacy rounds but this run adds no noise: "
+                "was the run started with other dp-* settings?"
+            )
+        accountant.restore([float(z) for z in state[DP_STATE]])
+    moments = {k: v for k, v in state.items() if k != DP_STATE}
+    if not moments:
         return
-    if not isinstance(strategy, FedOpt):
+    base = base_strategy(strategy)
+    if not isinstance(base, FedOpt):
         raise ValueError(
-            f"checkpoint holds optimiser state ({', '.join(sorted(state)[:3])}...) but "
-            f"{type(strategy).__name__} keeps none: was the run started with another strategy?"
+            f"checkpoint holds optimiser state ({', '.join(sorted(moments)[:3])}...) but "
+            f"{type(base).__name__} keeps none: was the run started with another strategy?"
         )
     for moment in STATE_MOMENTS:
         prefix = f"{moment}/"
-        values = {k[len(prefix) :]: np.array(v) for k, v in state.items() if k.startswith(prefix)}
-        setattr(strategy, moment, values or None)
+        values = {k[len(prefix) :]: np.array(v) for k, v in moments.items() if k.startswith(prefix)}
+        setattr(base, moment, values or None)

@@ -18,6 +18,7 @@ the aggregate.
 from __future__ import annotations
 
 import logging
+import zlib
 
 import numpy as np
 import numpy.typing as npt
@@ -27,6 +28,7 @@ from flwr.clientapp import ClientApp
 
 from edge_agent.errors import StoreError
 from edge_agent.fl_mods import update_compression_mod
+from edge_agent.fl_privacy import dp_clipping_mod
 from edge_agent.store import LabelledWindows, LocalStore
 from models.fl_config import RunConfig
 from models.network import WDCNN, build_model, reset_norm_statistics
@@ -38,6 +40,11 @@ app = ClientApp(mods=[update_compression_mod])
 
 DEFAULT_FALSE_ALARM_RATE = 0.05
 EMBED_BATCH = 256
+
+
+def _site_seed(context: Context) -> int:
+    """A per-site seed offset that survives SuperNode restarts (node ids do not)."""
+    return zlib.crc32(_site(context).encode()) % 1000
 
 
 def _site(context: Context) -> str:
@@ -75,7 +82,7 @@ def _prepare(
     return cfg, data, train_idx, eval_idx, net
 
 
-@app.train()
+@app.train(mods=[dp_clipping_mod])  # clip (when the run asks) before compressing
 def train_handler(msg: Message, context: Context) -> Message:
     """Train the received global model on local labelled windows."""
     cfg, data, train_idx, _, net = _prepare(msg, context)
@@ -90,7 +97,7 @@ def train_handler(msg: Message, context: Context) -> Message:
         epochs=cfg.local_epochs,
         batch_size=cfg.batch_size,
         learning_rate=cfg.learning_rate,
-        seed=cfg.seed + server_round * 1000 + context.node_id % 1000,
+        seed=cfg.seed + server_round * 1000 + _site_seed(context),
         proximal_mu=proximal_mu,
     )
     metrics = MetricRecord(

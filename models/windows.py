@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -33,6 +34,11 @@ class Windower:
 
     A discontinuity (``reset``, a sample-rate change, or a timestamp jump larger than
     ``max_gap_s``) drops the partial window so no window ever spans missing data.
+
+    The windower never writes into its buffer, so a read-only chunk (a decoded frame's
+    samples, a view into the message) is kept without a copy until a window completes, and
+    :meth:`pending` hands it out as it is; writable chunks are copied. Emitted windows own
+    their samples.
     """
 
     window_samples: int
@@ -58,7 +64,12 @@ class Windower:
         """The partial window collected so far (shorter than a window), or ``None``."""
         if not len(self._buffer):
             return None
-        return Window(self._buffer_start_ns, self._fs, self._buffer.copy())
+        # A read-only buffer (a decoded frame's samples) cannot change under the caller, and
+        # the windower never writes into its buffer, so it is handed out as it is.
+        buffer = self._buffer
+        return Window(
+            self._buffer_start_ns, self._fs, buffer if not buffer.flags.writeable else buffer.copy()
+        )
 
     def restore(self, partial: Window) -> None:
         """Continue from a partial window saved with :meth:`pending` (e.g. before a restart)."""
@@ -70,7 +81,7 @@ class Windower:
     def push(self, samples: npt.ArrayLike, start_ns: int, sample_rate_hz: float) -> list[Window]:
         """Add a chunk that starts at ``start_ns`` and return the windows it completes."""
         x = np.asarray(samples, dtype=np.float32).reshape(-1)
-        if not np.isfinite(sample_rate_hz) or sample_rate_hz <= 0:
+        if not math.isfinite(sample_rate_hz) or sample_rate_hz <= 0:
             raise SignalError(f"sample rate must be positive, got {sample_rate_hz}")
         if len(self._buffer):
             expected = self._buffer_start_ns + round(len(self._buffer) * 1e9 / self._fs)

@@ -71,20 +71,6 @@ def out_dtype(x: npt.ArrayLike) -> np.dtype[Any]:
     return np.dtype(np.float32) if dtype == np.float32 else np.dtype(np.float64)
 
 
-def _all_finite(arr: npt.NDArray[Any]) -> bool:
-    """Whether every element of a float array is finite, in one pass and no temporary array.
-
-    The dot product of the samples with themselves is finite when they all are (NaN and
-    infinities propagate; squares cannot cancel); only when it is not (a non-finite value, or
-    values so large that their squares overflow) is every element looked at.
-    """
-    flat = arr.reshape(-1)
-    with np.errstate(all="ignore"):
-        if math.isfinite(float(np.dot(flat, flat))):
-            return True
-    return bool(np.all(np.isfinite(arr)))
-
-
 def check_signal(
     x: npt.ArrayLike, axis: object, min_samples: int = 1
 ) -> tuple[npt.NDArray[np.float64], np.dtype[Any], int]:
@@ -117,7 +103,7 @@ def check_signal(
         raise SignalError(
             f"x has {arr.shape[ax]} samples along axis {ax}; at least {min_samples} are needed"
         )
-    if arr.dtype.kind == "f" and not _all_finite(arr):
+    if not np.all(np.isfinite(arr)):
         raise SignalError("x contains NaN or infinite values")
     return arr.astype(np.float64, copy=False), out_dtype(arr), ax
 

@@ -21,6 +21,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from aggregator.checkpoint import to_record
 from aggregator.guards import GuardConfig
+from aggregator.privacy import with_dp
 from aggregator.server_app import guard_config
 from aggregator.strategies import build_strategy, load_strategy_state, strategy_state
 from aggregator.strategy import GuardedStrategy
@@ -276,3 +277,21 @@ def test_state_and_weight_key_are_found_under_a_privacy_wrapper() -> None:
     assert GuardedStrategy(wrapped, GuardConfig()).weight_key == "windows"
     assert fresh.strategy.v_t is not None  # type: ignore[attr-defined]
     np.testing.assert_array_equal(fresh.strategy.v_t["w"], [2.0, 2.0])  # type: ignore[attr-defined]
+
+
+def test_privacy_rounds_spent_survive_a_restart() -> None:
+    # Prepare: a DP run (aggregator.privacy) that has counted two rounds
+    cfg = RunConfig(strategy="fedprox", dp_noise_multiplier=1.0)
+    before = with_dp(build_strategy(cfg), cfg)
+    before.privacy.compose(1.0)  # type: ignore[attr-defined]
+    before.privacy.compose(0.5)  # type: ignore[attr-defined]
+
+    # Execute
+    state = strategy_state(before)
+    after = with_dp(build_strategy(cfg), cfg)
+    load_strategy_state(after, state)
+
+    # Assert
+    assert after.privacy.noise_multipliers == [1.0, 0.5]  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="differential-privacy"):
+        load_strategy_state(build_strategy(RunConfig()), state)
