@@ -15,7 +15,7 @@ is one train instruction (global float32 weights + config) per site, up one trai
 (they carry the same global weights down and only metrics up in both runs).
 
     .venv/bin/python -m bench.bench_compression [--rounds 5] [--epochs 1] [--seeds 0,1] [--hop 2048]
-    .venv/bin/python -m bench.bench_compression --rounds 10 --seeds 0,1,2,3,4 --hop 1024  # longer
+    .venv/bin/python -m bench.bench_compression --rounds 8 --seeds 0,1,2 --hop 1024  # longer
 """
 
 from __future__ import annotations

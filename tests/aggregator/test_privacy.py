@@ -321,6 +321,8 @@ def test_run_config_turns_dp_on_and_refuses_what_it_cannot_account() -> None:
         RunConfig.from_run_config({"dp-noise-multiplier": 1.0, "strategy": "fedmedian"})
     with pytest.raises(SignalError, match="dp-clipping-norm"):
         RunConfig.from_run_config({"dp-clipping-norm": -1.0})
+    with pytest.raises(SignalError, match="update-compression"):
+        RunConfig.from_run_config({"dp-noise-multiplier": 1.0, "update-compression": "int8"})
 
 
 def test_mod_sends_integer_counters_back_as_received_and_clips_the_rest() -> None:
