@@ -21,6 +21,7 @@ verified model. It keeps scoring while the broker is away (paho queues the healt
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import time
@@ -371,6 +372,13 @@ def _ignore_signals() -> None:
 
 
 def run_inference(settings: AgentSettings) -> None:
-    """Process entry point (``multiprocessing`` target): configure logging, run, exit."""
+    """Process entry point (``multiprocessing`` target): configure logging, run, exit.
+
+    The worker lowers its own CPU priority (``inference_nice``): when the node is short of CPU,
+    ingestion (which must not fall behind the broker) goes first and scoring catches up from
+    the store afterwards.
+    """
     configure_logging(settings.log_level, json_lines=settings.log_json)
+    if settings.inference_nice:
+        os.nice(settings.inference_nice)
     sys.exit(int(inference_main(settings)))

@@ -151,6 +151,9 @@ class AgentSettings(BaseSettings):
     window_samples: int = Field(default=2048, ge=16, le=1 << 20)
     model_poll_s: float = Field(default=2.0, gt=0)
     inference_batch: int = Field(default=64, ge=1, le=4096)
+    inference_nice: int = Field(
+        default=10, ge=0, le=19, description="CPU niceness of the inference worker (0: same)"
+    )
     alarm_persistence: int = Field(default=3, ge=1, description="consecutive windows")
     fault_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
     health_min_interval_s: float = Field(default=1.0, ge=0.0)
