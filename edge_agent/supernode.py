@@ -80,6 +80,14 @@ def supernode_executable() -> str:
     return str(candidate) if candidate.exists() else "flower-supernode"
 
 
+def _check_readable(path: Path, setting: str) -> None:
+    try:
+        with path.open("rb") as handle:
+            handle.read(1)
+    except OSError as exc:
+        raise ConfigError(f"{setting} {path} cannot be read: {exc.strerror or exc}") from exc
+
+
 def supernode_argv(settings: AgentSettings, executable: str | None = None) -> list[str]:
     """Command line of the SuperNode for ``settings``.
 
@@ -108,13 +116,7 @@ def supernode_argv(settings: AgentSettings, executable: str | None = None) -> li
                 "supernode_root_certificates needs supernode_insecure = false (TLS to the "
                 "SuperLink); set one or the other"
             )
-        try:
-            with certs.open("rb") as handle:
-                handle.read(1)
-        except OSError as exc:
-            raise ConfigError(
-                f"supernode_root_certificates {certs} cannot be read: {exc.strerror or exc}"
-            ) from exc
+        _check_readable(certs, "supernode_root_certificates")
         argv += ["--root-certificates", str(certs)]
     elif settings.supernode_insecure:
         argv.append("--insecure")
@@ -125,13 +127,7 @@ def supernode_argv(settings: AgentSettings, executable: str | None = None) -> li
                 "supernode_auth_private_key needs TLS to the SuperLink (supernode_insecure ="
                 " false): Flower refuses node authentication over plain connections"
             )
-        try:
-            with key.open("rb") as handle:
-                handle.read(1)
-        except OSError as exc:
-            raise ConfigError(
-                f"supernode_auth_private_key {key} cannot be read: {exc.strerror or exc}"
-            ) from exc
+        _check_readable(key, "supernode_auth_private_key")
         argv += ["--auth-supernode-private-key", str(key)]
     return argv
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from types import TracebackType
 
 from fedpm.netutil import free_port, wait_for_port
+from fedpm.procs import terminate
 
 logger = logging.getLogger(__name__)
 
@@ -127,13 +128,8 @@ class MosquittoBroker:
 
     def stop(self) -> None:
         """Terminate the broker, letting it save its persistence (idempotent)."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        if self._proc is not None:
+            terminate(self._proc)
         self._proc = None
         if self._tmp is not None:
             self._tmp.cleanup()

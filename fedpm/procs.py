@@ -117,3 +117,20 @@ def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
     """Signal the child's whole process group (Flower's subprocesses included)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, sig)
+
+
+def terminate(
+    proc: subprocess.Popen[bytes], timeout_s: float = 5.0, sig: int = signal.SIGTERM
+) -> int:
+    """Send ``sig`` (SIGTERM: let it save its state), wait ``timeout_s``, then kill it.
+
+    Returns the exit status; a process already gone just returns its status.
+    """
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+        try:
+            return proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return proc.wait()

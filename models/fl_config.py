@@ -119,7 +119,7 @@ class RunConfig:
         # not hold exactly (docs/update-compression.md)
         if z > 0 and self.update_compression != "none":
             raise SignalError(
-                "dp-noise-multiplier > 0 needs update-compression = \"none\": compression's"
+                'dp-noise-multiplier > 0 needs update-compression = "none": compression\'s'
                 " error feedback can push an update past the clipping norm"
             )
 

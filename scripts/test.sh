@@ -4,7 +4,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh --dev
 export PATH="$PWD/.venv/bin:$PATH:/usr/sbin"
-echo "==> ruff";  ruff check . && ruff format --check .
+# one command per line: under `set -e` a failure on the left of `&&` would not stop the script
+echo "==> ruff"
+ruff check .
+ruff format --check .
 echo "==> mypy";  mypy
 echo "==> pytest"
 exec pytest "$@"

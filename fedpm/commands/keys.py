@@ -89,6 +89,7 @@ def _supernode_key(args: argparse.Namespace) -> int:
         return 1
     sys.stdout.write(
         f"private key: {key.private_key} (the site's supernode_auth_private_key)\n"
-        f"public key:  {key.public_key} (on the SuperLink: flwr supernode register {key.public_key})\n"
+        f"public key:  {key.public_key}"
+        f" (on the SuperLink: flwr supernode register {key.public_key})\n"
     )
     return 0

@@ -156,4 +156,5 @@ def test_production_accepts_authenticated_links(tmp_path: Path) -> None:
     )
 
     # Assert
-    assert s.models_enabled and s.influx_token is not None
+    assert s.models_enabled
+    assert s.influx_token is not None

@@ -23,6 +23,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedpm.broker import find_mosquitto
 from fedpm.netutil import free_port, wait_for_port
+from fedpm.procs import terminate
 
 
 @dataclass(frozen=True)
@@ -234,13 +235,8 @@ class TlsBroker:
 
     def stop(self) -> None:
         """Terminate mosquitto (idempotent)."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        if self._proc is not None:
+            terminate(self._proc)
         self._proc = None
 
     def __enter__(self) -> TlsBroker:

@@ -19,7 +19,6 @@ InfluxDB answers to bad points (400 with a JSON body) and to a bad token (401) c
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -38,6 +37,8 @@ from types import TracebackType
 from typing import Any
 
 import pytest
+
+from fedpm.procs import terminate
 
 HOST = "127.0.0.1"
 Series = tuple[tuple[str, str], ...]
@@ -121,12 +122,7 @@ class VictoriaMetrics:
         """Stop it gracefully (SIGTERM: in-flight writes finish, buffers reach the disk)."""
         if self.proc is None:
             return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        terminate(self.proc, 30.0)
         self.proc = None
 
     def export(self, match: str = '{__name__=~"fedpm_.*"}') -> dict[Series, list[int]]:
@@ -247,13 +243,7 @@ class InfluxWriteStub:
 
 def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> int:
     """Send ``sig`` and wait (killing after 30 s); return the exit code."""
-    with contextlib.suppress(ProcessLookupError):
-        proc.send_signal(sig)
-    try:
-        return proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.wait()
+    return terminate(proc, 30.0, sig)
 
 
 def require_victoria_metrics() -> str:
