@@ -156,3 +156,13 @@ class AgentProcess:
             os.killpg(self.proc.pid, signal.SIGKILL)  # the agent and its workers
             self.proc.wait()
             raise AssertionError(f"agent did not stop on signal {sig}:\n{self.log()}") from None
+
+
+def wait_online(probe: MqttProbe, agent: AgentProcess, site: str, timeout_s: float = 30) -> None:
+    """Subscribe to the site's status topic and wait for the agent's retained ``online``."""
+    topic = f"fedpm/v1/{site}/agent/status"
+    probe.subscribe(topic)
+    try:
+        wait_until(lambda: any(m.payload == b"online" for m in probe.received(topic)), timeout_s)
+    except AssertionError:
+        raise AssertionError(f"agent never came online:\n{agent.log()}") from None

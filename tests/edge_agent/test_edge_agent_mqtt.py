@@ -21,6 +21,7 @@ from edge_helpers import (
     MqttProbe,
     cwru_or_synthetic,
     make_frames,
+    wait_online,
     wait_until,
 )
 from edge_helpers import with_nan_sample as nan_payload
@@ -59,16 +60,6 @@ def read_store(path: Path, what: Callable[[LocalStore], object]) -> object:
         return what(store)
 
 
-def wait_online(probe: MqttProbe, agent: AgentProcess) -> None:
-    probe.subscribe(STATUS)
-    try:
-        wait_until(
-            lambda: any(m.payload == b"online" for m in probe.received(STATUS)), 30, "online"
-        )
-    except AssertionError:
-        raise AssertionError(f"agent never came online:\n{agent.log()}") from None
-
-
 def test_agent_ingests_frames_labels_and_counts_rejects(
     broker: MosquittoBroker,
     mqtt_probe: Callable[[], MqttProbe],
@@ -91,7 +82,7 @@ def test_agent_ingests_frames_labels_and_counts_rejects(
     }
     probe = mqtt_probe()
     agent = start_agent(*agent_flags(broker, store_path))
-    wait_online(probe, agent)
+    wait_online(probe, agent, SITE)
 
     # Execute
     for payload in good[:150]:
@@ -142,7 +133,7 @@ def test_restarted_agent_resumes_its_session(
     topic = frame_topic(SITE, "pump-1", "acc-1")
     probe = mqtt_probe()
     first = start_agent(*agent_flags(broker, store_path))
-    wait_online(probe, first)
+    wait_online(probe, first, SITE)
     for f in frames[:24]:
         probe.publish(topic, encode_binary(f))
     wait_until(lambda: read_store(store_path, lambda s: s.count_windows()) == 6, 30, "6 windows")
@@ -174,7 +165,7 @@ def test_a_store_failure_exits_without_acknowledging_so_nothing_is_lost(
     topic = frame_topic(SITE, "pump-1", "acc-1")
     probe = mqtt_probe()
     first = start_agent(*agent_flags(broker, store_path))
-    wait_online(probe, first)
+    wait_online(probe, first, SITE)
     lock = sqlite3.connect(store_path, isolation_level=None)
     lock.execute("BEGIN EXCLUSIVE")
 
@@ -230,7 +221,7 @@ def test_agent_publishes_retained_health_from_a_registry_model(
     agent = start_agent(
         *agent_flags(broker, store_path, "--registry", str(registry.root), "--model-poll-s", "0.5")
     )
-    wait_online(probe, agent)
+    wait_online(probe, agent, SITE)
     probe.subscribe(health_topic)
     last_window_ns = frames[36].timestamp_ns  # 40 frames = 10 windows of 4 frames
 
@@ -334,7 +325,7 @@ def test_a_dead_worker_stops_the_agent_which_goes_offline(
     # Prepare
     probe = mqtt_probe()
     agent = start_agent(*agent_flags(broker, tmp_path / "store.sqlite"))
-    wait_online(probe, agent)
+    wait_online(probe, agent, SITE)
     found = re.search(r"ingest \(pid (\d+)\)", agent.log())
     assert found is not None
     pid = int(found.group(1))
@@ -357,7 +348,7 @@ def test_a_killed_agent_leaves_its_will(
     # Prepare
     probe = mqtt_probe()
     agent = start_agent(*agent_flags(broker, tmp_path / "store.sqlite"))
-    wait_online(probe, agent)
+    wait_online(probe, agent, SITE)
 
     # Execute: no clean shutdown at all (the agent runs in its own process group)
     os.killpg(agent.proc.pid, signal.SIGKILL)

@@ -19,6 +19,7 @@ from edge_helpers import (
     MqttProbe,
     cwru_or_synthetic,
     make_frames,
+    wait_online,
     wait_until,
 )
 
@@ -406,14 +407,7 @@ def test_agent_publishes_a_retained_alarm_with_bpfo_evidence(
         "--registry", str(registry.root),
         "--model-poll-s", "0.5",
     )  # fmt: skip
-    probe.subscribe(f"fedpm/v1/{SITE}/agent/status")
-    wait_until(
-        lambda: any(
-            m.payload == b"online" for m in probe.received(f"fedpm/v1/{SITE}/agent/status")
-        ),
-        30,
-        "online",
-    )
+    wait_online(probe, agent, SITE)
 
     probe.subscribe(health_topic)
 

@@ -9,7 +9,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from edge_helpers import AgentProcess, MqttProbe, cwru_or_synthetic, make_frames, wait_until
+from edge_helpers import (
+    AgentProcess,
+    MqttProbe,
+    cwru_or_synthetic,
+    make_frames,
+    wait_online,
+    wait_until,
+)
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
 
@@ -86,7 +93,7 @@ def test_metrics_count_frames_gaps_duplicates_and_rejects(
         "--window-samples", "2048",
         "--metrics-port", "0",
     )  # fmt: skip
-    wait_until(lambda: any(m.payload == b"online" for m in probe.received(STATUS)), 30, "online")
+    wait_online(probe, agent, SITE)
     wait_until(lambda: bool(metrics_url(agent)), 10, "the metrics address in the log")
     url = metrics_url(agent)
 

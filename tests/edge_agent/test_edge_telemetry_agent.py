@@ -12,6 +12,7 @@ from edge_helpers import (
     MqttProbe,
     cwru_or_synthetic,
     make_frames,
+    wait_online,
     wait_until,
 )
 from victoria_helpers import VictoriaMetrics, require_victoria_metrics
@@ -54,8 +55,6 @@ def test_agent_features_and_scores_reach_the_sink_exactly_once(
     frames = make_frames(cwru_or_synthetic(WINDOWS * 2048), 1024, asset="pump-1")
     topic = frame_topic(SITE, "pump-1", "acc-1")
     probe = mqtt_probe()
-    status = f"fedpm/v1/{SITE}/agent/status"
-    probe.subscribe(status)
     agent = start_agent(
         "--config", str(config),
         "--site", SITE,
@@ -64,7 +63,7 @@ def test_agent_features_and_scores_reach_the_sink_exactly_once(
         "--registry", str(registry.root),
         "--model-poll-s", "0.5",
     )  # fmt: skip
-    wait_until(lambda: any(m.payload == b"online" for m in probe.received(status)), 30, "online")
+    wait_online(probe, agent, SITE)
 
     # Execute
     for f in frames:
