@@ -73,6 +73,7 @@ def _serve(argv: list[str]) -> int:
 COMMANDS = (
     "train",
     "evaluate",
+    "quantize",
     "diagnose",
     "health",
     "simulate_history",

@@ -48,12 +48,14 @@ class ModelMetadata(BaseModel):
     embedding_dim: int = Field(ge=1)
     preprocessing: str = "per-window, per-channel standardisation (in graph)"
     provenance: Provenance
-    quantization: Literal["float32", "int8"] = Field(
-        default="float32", description="numeric format of the weights and activations"
+    quantization: Literal["float32", "int8", "w4a8"] = Field(
+        default="float32",
+        description="numeric format: float32; int8 weights and activations; or w4a8, int4"
+        " weights in the inner convolutions, int8 elsewhere, int8 activations",
     )
     quantization_details: dict[str, str] = Field(
         default_factory=dict,
-        description="how an int8 model was made (``models.quantize``): format, calibration,"
+        description="how a quantised model was made (``models.quantize``): format, calibration,"
         " sha256 of the float32 model it came from",
     )
 

@@ -1,8 +1,19 @@
-"""Int8 static quantisation of a FedPM ONNX model, for edge nodes.
+"""Int8 (and int4-weight) static quantisation of a FedPM ONNX model, for edge nodes.
 
-Weights become int8 (symmetric, one scale per output channel) and activations 8-bit with ranges
-calibrated on real windows (onnxruntime's ``quantize_static``, MinMax calibration). What stays
-float32, and why (measured with ``bench/bench_int8.py``, docs/edge-footprint.md):
+Two precisions. ``"int8"``: int8 weights (symmetric, one scale per output channel) and 8-bit
+activations with ranges calibrated on real windows (onnxruntime's ``quantize_static``, MinMax
+calibration). ``"w4a8"``: the same, except that the weights of the convolutions after the first
+with a fan-in of at least 64 are int4 (symmetric, per output channel, standard ONNX
+``DequantizeLinear`` at opset 21). In a WDCNN those are the last three convolutions, which hold
+about 90 % of its weights, so the file is under 1/4 of the float32 one. No 8-bit file can be:
+its int8 weights alone are 24 % of the float file, before scales, biases and graph. The first
+convolution (a wide kernel on the raw, standardised signal) and the head (the logits) stay
+8-bit, the usual practice for low-bit networks. :class:`~models.runtime.OnnxClassifier` stores
+the 4-bit weights as 8-bit when it loads such a model (the same values), so onnxruntime runs it
+with its int8 kernels, as fast as the int8 model.
+
+What stays float32 in both, and why (measured with ``bench/bench_int8.py``,
+docs/edge-footprint.md):
 
 - the in-graph per-window standardisation (ReduceMean, Sub, Mul, Clip, Sqrt, Div): with
   onnxruntime's default operator list, which includes Mul and Clip, test accuracy on CWRU fell
@@ -10,14 +21,15 @@ float32, and why (measured with ``bench/bench_int8.py``, docs/edge-footprint.md)
 - the softmax, so ``probabilities`` still sum to one at float precision.
 
 The result keeps the model contract (``windows`` in, ``probabilities`` and ``embedding`` out,
-float32) and the FedPM metadata, with ``quantization="int8"`` and ``quantization_details``
-(format, calibration, sha256 of the float32 parent) added, so
+float32) and the FedPM metadata, with ``quantization`` (``"int8"`` or ``"w4a8"``) and
+``quantization_details`` (format, calibration, sha256 of the float32 parent) added, so
 :class:`~models.runtime.OnnxClassifier` loads it unchanged.
 
-Formats: ``"qoperator"`` (QLinearConv, QGemm; uint8 activations x int8 weights, onnxruntime's
+Formats (int8): ``"qoperator"`` (QLinearConv, QGemm; uint8 activations x int8 weights, onnxruntime's
 fast path on x86 CPUs) gives the smaller file; ``"qdq"`` (QuantizeLinear/DequantizeLinear pairs
 around float operators, int8 activations) runs as fast on onnxruntime's CPU provider, which
-fuses the pairs, and is the form other runtimes (TensorRT on a Jetson) read.
+fuses the pairs, and is the form other runtimes (TensorRT on a Jetson) read. ``"w4a8"`` is
+always QDQ: QOperator has no 4-bit operators.
 """
 
 from __future__ import annotations
@@ -27,12 +39,13 @@ import logging
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import numpy.typing as npt
 import onnx
 import onnxruntime as ort
+from onnx import version_converter
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -48,6 +61,14 @@ from models.runtime import OnnxClassifier
 logger = logging.getLogger(__name__)
 
 QuantFormatName = Literal["qoperator", "qdq"]
+Precision = Literal["int8", "w4a8"]
+#: ONNX opset with 4-bit DequantizeLinear; a w4a8 model is converted to it before quantising
+INT4_OPSET = 21
+#: Smallest fan-in of a 4-bit convolution. Each output sums fan-in rounded products, so the
+#: relative rounding noise shrinks as the fan-in grows; on CWRU, 4-bit weights in WDCNN's second
+#: convolution too (fan-in 16 x 3 = 48) cost 0.2 and 0.9 points of accuracy in two trainings,
+#: the three larger ones none (docs/edge-footprint.md).
+INT4_MIN_FAN_IN = 64
 
 #: Operator types quantised; everything else (the standardisation, the softmax) stays float32.
 QUANTISED_OPS = ("Conv", "Relu", "MaxPool", "GlobalAveragePool", "Flatten", "Gemm")
@@ -129,14 +150,31 @@ def _compact(model: onnx.ModelProto) -> None:
     graph.name = "fedpm"
 
 
+def int4_weight_names(model: onnx.ModelProto) -> list[str]:
+    """Weights that a ``"w4a8"`` model stores in 4 bits.
+
+    Every Conv weight except the first convolution's (it reads the standardised signal) whose
+    fan-in (input channels x kernel taps) is at least ``INT4_MIN_FAN_IN``. The Gemm head stays
+    8-bit.
+    """
+    shapes = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    weights = [
+        node.input[1]
+        for node in model.graph.node
+        if node.op_type == "Conv" and len(node.input) > 1 and node.input[1] in shapes
+    ]
+    return [w for w in weights[1:] if int(np.prod(shapes[w][1:])) >= INT4_MIN_FAN_IN]
+
+
 def quantize_model(
     model_bytes: bytes,
     calibration_windows: npt.ArrayLike,
     *,
-    quant_format: QuantFormatName = "qoperator",
+    quant_format: QuantFormatName | None = None,
+    precision: Precision = "int8",
     batch_size: int = 32,
 ) -> bytes:
-    """Quantise a float32 FedPM model to int8, calibrated on real windows.
+    """Quantise a float32 FedPM model to int8 (or int4/int8 weights), calibrated on real windows.
 
     Parameters
     ----------
@@ -148,25 +186,39 @@ def quantize_model(
         covering every class and operating condition is plenty. Each activation's range is the
         minimum and maximum seen over them.
     quant_format
-        ``"qoperator"`` (smallest file, default) or ``"qdq"`` (for runtimes that read QDQ).
+        ``"qoperator"`` (smallest int8 file, the default for ``"int8"``) or ``"qdq"`` (for
+        runtimes that read QDQ; the only format of ``"w4a8"``).
+    precision
+        ``"int8"``, or ``"w4a8"``: int4 weights in the large inner convolutions, under 1/4 of
+        the float32 file (see the module docstring).
     batch_size
         Windows per calibration batch (memory only; the ranges do not depend on it).
 
     Returns
     -------
     bytes
-        The int8 model; its metadata is the float model's with ``quantization="int8"``, the
-        same provenance, and the onnxruntime version added to ``provenance.framework``.
+        The quantised model; its metadata is the float model's with ``quantization`` set to
+        ``precision``, the same provenance, and the onnxruntime version added to
+        ``provenance.framework``.
 
     Raises
     ------
     QuantizationError
-        The model is already int8, the windows are unusable, or onnxruntime's quantiser fails.
+        The model is already quantised, the windows are unusable, the format does not fit the
+        precision, or onnxruntime's quantiser fails.
     ModelFormatError
         ``model_bytes`` is not a valid FedPM model.
     """
+    if precision not in get_args(Precision):
+        raise QuantizationError(f"precision must be one of {list(get_args(Precision))}")
+    if quant_format is None:
+        quant_format = "qdq" if precision == "w4a8" else "qoperator"
     if quant_format not in _FORMATS:
         raise QuantizationError(f"quant_format must be one of {sorted(_FORMATS)}")
+    if precision == "w4a8" and quant_format != "qdq":
+        raise QuantizationError(
+            "precision 'w4a8' needs quant_format 'qdq': QOperator has no 4-bit operators"
+        )
     if batch_size < 1:
         raise QuantizationError(f"batch_size must be >= 1, got {batch_size}")
     metadata = OnnxClassifier(model_bytes).metadata  # validates the contract
@@ -175,6 +227,14 @@ def quantize_model(
     windows = _calibration_windows(calibration_windows, metadata)
     fmt, activation_type, activation_name = _FORMATS[quant_format]
     model = onnx.load_from_string(model_bytes)
+    overrides: dict[str, list[dict[str, object]]] = {}
+    int4_names: list[str] = []
+    if precision == "w4a8":
+        opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+        if opset < INT4_OPSET:
+            model = version_converter.convert_version(model, INT4_OPSET)
+        int4_names = int4_weight_names(model)
+        overrides = {name: [{"quant_type": QuantType.QInt4, "axis": 0}] for name in int4_names}
     model.metadata_props.add(key=_PRE_PROCESS_MARKER[0], value=_PRE_PROCESS_MARKER[1])
     with tempfile.TemporaryDirectory(prefix="fedpm-quantize-") as tmp:
         out = Path(tmp) / "model.int8.onnx"
@@ -189,27 +249,35 @@ def quantize_model(
                 activation_type=activation_type,
                 weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.MinMax,
+                extra_options={"TensorQuantOverrides": overrides} if overrides else None,
             )
             quantised = onnx.load(str(out))
         except Exception as exc:  # onnxruntime's quantiser raises untyped errors
             raise QuantizationError(f"onnxruntime could not quantise the model: {exc}") from exc
     _compact(quantised)
+    weights = "int8, symmetric, per output channel"
+    if int4_names:
+        count = sum(int(np.prod(t.dims)) for t in model.graph.initializer if t.name in int4_names)
+        weights = (
+            f"int4 (symmetric, per output channel) in {len(int4_names)} convolutions"
+            f" ({count} weights, fan-in >= {INT4_MIN_FAN_IN}); int8 elsewhere"
+        )
     details = {
         "format": quant_format,
-        "weights": "int8, symmetric, per output channel",
+        "weights": weights,
         "activations": f"{activation_name}, per tensor",
         "calibration": f"MinMax over {len(windows)} windows",
         "float32_sha256": hashlib.sha256(model_bytes).hexdigest(),
     }
     framework = {**metadata.provenance.framework, "onnxruntime": ort.__version__}
     new_metadata = metadata.with_provenance(framework=framework).model_copy(
-        update={"quantization": "int8", "quantization_details": details}
+        update={"quantization": precision, "quantization_details": details}
     )
     del quantised.metadata_props[:]
     quantised.metadata_props.add(key=METADATA_KEY, value=new_metadata.to_json())
     quantised.producer_name = "fedpm"
     quantised.doc_string = (
-        f"FedPM {metadata.architecture} int8: {metadata.channels}x{metadata.window_samples}"
+        f"FedPM {metadata.architecture} {precision}: {metadata.channels}x{metadata.window_samples}"
         f" windows at {metadata.sample_rate_hz:g} Hz -> {', '.join(metadata.class_names)}"
     )
     try:
@@ -219,9 +287,10 @@ def quantize_model(
     except (onnx.checker.ValidationError, ModelFormatError) as exc:
         raise QuantizationError(f"the quantised model is not valid: {exc}") from exc
     logger.info(
-        "quantised model: %d -> %d bytes (%s, %d calibration windows)",
+        "quantised model: %d -> %d bytes (%s %s, %d calibration windows)",
         len(model_bytes),
         len(data),
+        precision,
         quant_format,
         len(windows),
     )

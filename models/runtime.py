@@ -35,6 +35,44 @@ class Prediction:
         return (1.0 - self.probabilities[:, idx]).astype(np.float32)
 
 
+def _session(model_bytes: bytes, opts: ort.SessionOptions) -> ort.InferenceSession:
+    try:
+        return ort.InferenceSession(
+            model_bytes, sess_options=opts, providers=["CPUExecutionProvider"]
+        )
+    except Exception as exc:  # onnxruntime raises its own untyped errors
+        raise ModelFormatError(f"onnxruntime cannot load the model: {exc}") from exc
+
+
+def widen_int4_weights(model_bytes: bytes) -> bytes:
+    """Store a model's 4-bit initialisers (weights, zero points) as 8-bit, values unchanged.
+
+    A 4-bit integer is an 8-bit integer of the same value, so ``DequantizeLinear`` gives the
+    same float weights bit for bit; only the storage type changes. The model file keeps its
+    4-bit weights (half the bytes); this runs once when a model is loaded.
+
+    Raises
+    ------
+    ModelFormatError
+        The bytes are not an ONNX model.
+    """
+    import onnx  # only 4-bit models need the protobuf; import is about 0.3-1 s
+    from onnx import TensorProto, numpy_helper
+
+    try:
+        model = onnx.load_from_string(model_bytes)
+    except Exception as exc:  # protobuf's DecodeError and onnx's own
+        raise ModelFormatError(f"not an ONNX model: {exc}") from exc
+    wider = {TensorProto.INT4: np.int8, TensorProto.UINT4: np.uint8}
+    changed = False
+    for tensor in model.graph.initializer:
+        if tensor.data_type in wider:
+            values = numpy_helper.to_array(tensor).astype(wider[tensor.data_type])
+            tensor.CopyFrom(numpy_helper.from_array(values, tensor.name))
+            changed = True
+    return model.SerializeToString() if changed else model_bytes
+
+
 class OnnxClassifier:
     """A loaded FedPM model: validated metadata plus an onnxruntime session."""
 
@@ -42,12 +80,7 @@ class OnnxClassifier:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = max(1, intra_op_threads)
         opts.inter_op_num_threads = 1
-        try:
-            self._session = ort.InferenceSession(
-                model_bytes, sess_options=opts, providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # onnxruntime raises its own untyped errors
-            raise ModelFormatError(f"onnxruntime cannot load the model: {exc}") from exc
+        self._session = _session(model_bytes, opts)
         raw = self._session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
         if raw is None:
             raise ModelFormatError(f"model has no '{METADATA_KEY}' metadata")
@@ -55,6 +88,11 @@ class OnnxClassifier:
             self.metadata = ModelMetadata.from_json(raw)
         except ValidationError as exc:
             raise ModelFormatError(f"invalid model metadata: {exc}") from exc
+        if self.metadata.quantization == "w4a8":
+            # same values, 8-bit storage: onnxruntime's CPU provider then fuses the
+            # Quantize/Dequantize pairs into its int8 kernels instead of dequantising the
+            # 4-bit weights to float on every call (docs/edge-footprint.md)
+            self._session = _session(widen_int4_weights(model_bytes), opts)
         inputs = [i.name for i in self._session.get_inputs()]
         outputs = [o.name for o in self._session.get_outputs()]
         if inputs != [self.metadata.input_name] or outputs != list(self.metadata.output_names):

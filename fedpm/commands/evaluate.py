@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from fedpm.commands.options import add_filter, add_json, add_manifest
 
 if TYPE_CHECKING:
+    from models.metadata import ModelMetadata
     from models.scoring import ClassificationReport
 
 NAME = "eval"
@@ -54,6 +55,48 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime threads (default 1)")
     add_json(parser)
     parser.add_argument("--png", type=Path, default=None, help="draw the confusion matrix here")
+
+
+def load_model(path: Path, version: int | None = None) -> tuple[bytes, str]:
+    """(model bytes, a label for reports) from a model file or a registry folder.
+
+    A registry gives its newest version that verifies, or ``version``.
+
+    Raises
+    ------
+    ValueError
+        Nothing at ``path``.
+    models.errors.FedPMModelsError
+        The registry has no usable version.
+    """
+    from models.registry import FileRegistry
+
+    if not path.exists():
+        raise ValueError(f"no model at {path}: give a model.onnx file or a registry folder")
+    if not path.is_dir():
+        return path.read_bytes(), str(path)
+    registry = FileRegistry(path)
+    card, data = registry.latest_valid() if version is None else registry.load_verified(version)
+    return data, f"{path} {card.label}"
+
+
+def model_channels(meta: ModelMetadata, channels: str | None) -> tuple[str, ...]:
+    """Record channels fed to a model: ``channels`` ("de,fe"), else those it was trained on.
+
+    Raises
+    ------
+    ValueError
+        The count does not match the model's input channels.
+    """
+    trained_on = (meta.provenance.model_extra or {}).get("dataset", {})
+    names = tuple(
+        c.strip()
+        for c in (channels or ",".join(trained_on.get("channels", ["de"]))).split(",")
+        if c.strip()
+    )
+    if len(names) != meta.channels:
+        raise ValueError(f"the model takes {meta.channels} channel(s), --channels gives {names}")
+    return names
 
 
 def format_report(report: ClassificationReport) -> str:
@@ -145,33 +188,15 @@ def _run(args: argparse.Namespace) -> tuple[dict[str, Any], ClassificationReport
 
     from models import dataset_windows as dw
     from models.datasets import load_manifest, read_record
-    from models.registry import FileRegistry
     from models.runtime import OnnxClassifier
     from models.scoring import score
 
     if not 0.0 <= args.start_fraction < 1.0:
         raise ValueError("--start-fraction must be in [0, 1)")
-    if not args.model.exists():
-        raise ValueError(f"no model at {args.model}: give a model.onnx file or a registry folder")
-    if args.model.is_dir():
-        registry = FileRegistry(args.model)
-        if args.version is None:
-            card, data = registry.latest_valid()
-        else:
-            card, data = registry.load_verified(args.version)
-        source = f"{args.model} {card.label}"
-    else:
-        data, source = args.model.read_bytes(), str(args.model)
+    data, source = load_model(args.model, args.version)
     classifier = OnnxClassifier(data, intra_op_threads=args.threads)
     meta = classifier.metadata
-    trained_on = (meta.provenance.model_extra or {}).get("dataset", {})
-    channels = tuple(
-        c.strip()
-        for c in (args.channels or ",".join(trained_on.get("channels", ["de"]))).split(",")
-        if c.strip()
-    )
-    if len(channels) != meta.channels:
-        raise ValueError(f"the model takes {meta.channels} channel(s), --channels gives {channels}")
+    channels = model_channels(meta, args.channels)
     scheme: dw.LabelScheme = (
         "fault_size" if any("@" in name for name in meta.class_names) else "fault"
     )

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from fedpm.commands import evaluate as eval_cmd
+from fedpm.commands import quantize as quantize_cmd
 from fedpm.commands import train as train_cmd
 from models.registry import FileRegistry
 from models.simulator import FaultMode, MachineProfile, simulate
@@ -305,6 +306,94 @@ def test_eval_names_a_missing_model(
     assert code == 2
     err = capsys.readouterr().err
     assert "no model at" in err
+    assert "Traceback" not in err
+
+
+# --- fedpm quantize --------------------------------------------------------------------------
+
+
+def test_quantize_writes_a_checked_w4a8_copy_under_a_quarter_of_the_float_file(
+    trained: tuple[Path, dict[str, Any], str],
+    sim_set: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Prepare
+    registry, _, _ = trained
+    out = tmp_path / "edge" / "model.w4a8.onnx"
+
+    # Execute
+    code = call(
+        quantize_cmd,
+        ["--model", str(registry), "--manifest", str(sim_set), "--filter", "fault_type!=ball",
+         "--calibration", "32", "--max-drop", "100", "--out", str(out),
+         "--json", str(tmp_path / "q.json")],
+    )  # fmt: skip
+
+    # Assert: the file is the quantised model the report describes, and it loads
+    from models.runtime import OnnxClassifier
+
+    result = json.loads((tmp_path / "q.json").read_text())
+    assert code == 0
+    assert result["written"] is True
+    assert result["out"] == str(out)
+    assert out.stat().st_size == result["quantised_bytes"]
+    assert result["size_ratio"] <= 0.25
+    assert result["test_windows"] == 5 * 5  # 5 records, 5 windows of 512 after the 70 % cut
+    assert 0.0 <= result["argmax_agreement"] <= 1.0
+    assert OnnxClassifier(out.read_bytes()).metadata.quantization == "w4a8"
+    assert "agreement with float32" in capsys.readouterr().out
+
+
+def test_quantize_writes_only_what_stays_within_the_accuracy_limit(
+    trained: tuple[Path, dict[str, Any], str], sim_set: Path, tmp_path: Path
+) -> None:
+    # Prepare: no loss at all allowed
+    registry, _, _ = trained
+    out = tmp_path / "model.int8.onnx"
+
+    # Execute
+    code = call(
+        quantize_cmd,
+        ["--model", str(registry), "--manifest", str(sim_set), "--precision", "int8",
+         "--calibration", "16", "--max-drop", "0", "--out", str(out),
+         "--json", str(tmp_path / "q.json")],
+    )  # fmt: skip
+
+    # Assert: written and exit 0 exactly when the held-out accuracy did not fall
+    result = json.loads((tmp_path / "q.json").read_text())
+    kept = result["accuracy_drop_points"] <= 0.0
+    assert result["written"] is kept
+    assert out.exists() is kept
+    assert code == (0 if kept else quantize_cmd.EXIT_TOO_LOSSY)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--train-fraction", "1"], "--train-fraction must be in"),
+        (["--max-drop", "-1"], "--max-drop must be"),
+        ([], "--out is needed"),
+        (["--out", "x.onnx", "--channels", "de,fe"], r"takes 1 channel\(s\)"),
+    ],
+)
+def test_quantize_reports_bad_input(
+    trained: tuple[Path, dict[str, Any], str],
+    sim_set: Path,
+    capsys: pytest.CaptureFixture[str],
+    extra: list[str],
+    message: str,
+) -> None:
+    # Prepare
+    registry, _, _ = trained
+
+    # Execute
+    code = call(quantize_cmd, ["--model", str(registry), "--manifest", str(sim_set), *extra])
+
+    # Assert
+    err = capsys.readouterr().err
+    assert code == 2
+    assert re.search(message, err)
     assert "Traceback" not in err
 
 

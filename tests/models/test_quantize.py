@@ -27,7 +27,7 @@ from models.metadata import METADATA_KEY, ModelMetadata, Provenance
 from models.network import build_model
 from models.onnx_export import export_onnx, metadata_for
 from models.quantize import MIN_CALIBRATION_WINDOWS, QuantFormatName, quantize_model
-from models.runtime import OnnxClassifier
+from models.runtime import OnnxClassifier, widen_int4_weights
 from models.training import train
 from models.windows import resample, windows_from_record
 
@@ -52,6 +52,7 @@ FloatArray = npt.NDArray[np.float32]
 class Models:
     float32: bytes
     int8: dict[str, bytes]
+    w4a8: bytes
     train_x: FloatArray
     test_x: FloatArray
     test_y: npt.NDArray[np.int64]
@@ -96,7 +97,8 @@ def models(cwru_root: Path) -> Models:
         meta = metadata_for(net, sample_rate_hz=FS, class_names=CLASSES, provenance=PROVENANCE)
         data = export_onnx(net, meta)
     int8 = {fmt: quantize_model(data, train_x, quant_format=fmt) for fmt in ("qoperator", "qdq")}
-    return Models(data, int8, train_x, test_x, test_y)
+    w4a8 = quantize_model(data, train_x, precision="w4a8")
+    return Models(data, int8, w4a8, train_x, test_x, test_y)
 
 
 FORMATS: list[QuantFormatName] = ["qoperator", "qdq"]
@@ -263,6 +265,76 @@ def test_quantisation_is_deterministic(models: Models) -> None:
     assert again == models.int8["qoperator"]
 
 
+# --- w4a8: int4 weights in the large convolutions ----------------------------------------------
+
+
+def test_w4a8_file_is_at_most_a_quarter_of_the_float_file(models: Models) -> None:
+    # Execute
+    ratio = len(models.w4a8) / len(models.float32)
+
+    # Assert: about 0.20 (docs/edge-footprint.md); no int8 file can reach 0.25
+    assert ratio <= 0.25
+
+
+def test_w4a8_stores_the_large_convolutions_in_four_bits(models: Models) -> None:
+    # Execute
+    model = onnx.load_from_string(models.w4a8)
+    weights = {t.name: t for t in model.graph.initializer if len(t.dims) >= 2}
+    conv_weights = [n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    kinds = [weights[name].data_type for name in conv_weights if name in weights]
+
+    # Assert: standard ONNX (opset 21), three 4-bit kernels (fan-in 96 and 192), the first two
+    # convolutions and the head 8-bit
+    assert {(o.domain, o.version) for o in model.opset_import} == {("", 21)}
+    assert sorted(kinds) == sorted([onnx.TensorProto.INT8] * 3 + [onnx.TensorProto.INT4] * 3)
+    metadata = OnnxClassifier(models.w4a8).metadata
+    assert metadata.quantization == "w4a8"
+    assert "int4" in metadata.quantization_details["weights"]
+
+
+def test_widening_the_4_bit_weights_changes_no_output(models: Models) -> None:
+    # Prepare: onnxruntime runs the file as stored (4-bit DequantizeLinear, float Conv)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    stored = ort.InferenceSession(models.w4a8, options, providers=["CPUExecutionProvider"])
+
+    # Execute
+    widened = widen_int4_weights(models.w4a8)
+    got = OnnxClassifier(models.w4a8).predict(models.test_x)
+
+    # Assert: no 4-bit tensor is left, and the classifier (which widens) agrees with the file
+    kinds = {t.data_type for t in onnx.load_from_string(widened).graph.initializer}
+    assert onnx.TensorProto.INT4 not in kinds
+    assert len(widened) > len(models.w4a8)
+    probabilities, _ = stored.run(None, {"windows": models.test_x})
+    np.testing.assert_array_equal(got.probabilities.argmax(1), probabilities.argmax(1))
+    np.testing.assert_allclose(got.probabilities, probabilities, atol=0.02)
+
+
+def test_w4a8_predictions_agree_with_float_on_real_windows(models: Models) -> None:
+    # Prepare
+    reference = OnnxClassifier(models.float32).predict(models.test_x)
+
+    # Execute
+    got = OnnxClassifier(models.w4a8).predict(models.test_x)
+
+    # Assert
+    agreement = float((got.probabilities.argmax(1) == reference.probabilities.argmax(1)).mean())
+    assert agreement >= 0.95
+    float_accuracy = float((reference.probabilities.argmax(1) == models.test_y).mean())
+    w4a8_accuracy = float((got.probabilities.argmax(1) == models.test_y).mean())
+    assert abs(w4a8_accuracy - float_accuracy) <= 0.05
+
+
+def test_widening_a_float_model_returns_it_unchanged(models: Models) -> None:
+    assert widen_int4_weights(models.float32) == models.float32
+
+
+def test_widening_bytes_that_are_not_onnx_is_refused() -> None:
+    with pytest.raises(ModelFormatError, match="not an ONNX model"):
+        widen_int4_weights(b"not an onnx model")
+
+
 # --- Refusals --------------------------------------------------------------------------------
 
 
@@ -301,6 +373,21 @@ def test_non_finite_calibration_windows_are_refused(models: Models, bad: float) 
 def test_unknown_format_is_refused(models: Models) -> None:
     with pytest.raises(QuantizationError, match="quant_format"):
         quantize_model(models.float32, models.train_x, quant_format="int4")  # type: ignore[arg-type]
+
+
+def test_a_w4a8_model_is_not_quantised_again(models: Models) -> None:
+    with pytest.raises(QuantizationError, match="already w4a8"):
+        quantize_model(models.w4a8, models.train_x)
+
+
+def test_w4a8_as_qoperator_is_refused(models: Models) -> None:
+    with pytest.raises(QuantizationError, match="QOperator has no 4-bit"):
+        quantize_model(models.float32, models.train_x, precision="w4a8", quant_format="qoperator")
+
+
+def test_unknown_precision_is_refused(models: Models) -> None:
+    with pytest.raises(QuantizationError, match="precision"):
+        quantize_model(models.float32, models.train_x, precision="int2")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("data", [b"", b"not an onnx model"])
