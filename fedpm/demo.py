@@ -164,6 +164,18 @@ def _print_round_table(cards: list[ModelCard], sites: list[str]) -> None:
     print()
 
 
+def _erp_key(state_path: Path) -> str:
+    """An API key for the demo's ERP client (tenant ``demo``, predictions only)."""
+    from serving.state import Permission, SqliteStateStore
+
+    store = SqliteStateStore(state_path)
+    try:
+        _, key = store.create_key("demo", [Permission.PREDICT], label="demo ERP client")
+    finally:
+        store.close()
+    return key
+
+
 def _print_held_out(report: HeldOutReport) -> None:
     print()
     print(f"ERP client, held-out machine (model {report.model_version}):")
@@ -288,6 +300,8 @@ def run_demo(opts: DemoOptions) -> int:
         summary["rounds"] = [c.model_dump(mode="json", exclude={"metadata"}) for c in cards]
 
         port = free_port()
+        state_path = workdir / "serving-state.sqlite"
+        api_key = _erp_key(state_path)
         group.start(
             "serving",
             [
@@ -296,6 +310,8 @@ def run_demo(opts: DemoOptions) -> int:
                 "serving",
                 "--registry",
                 str(registry_dir),
+                "--state",
+                str(state_path),
                 "--host",
                 "127.0.0.1",
                 "--port",
@@ -310,6 +326,7 @@ def run_demo(opts: DemoOptions) -> int:
             cfg.class_names,
             windows_per_class=opts.held_out_windows,
             window_samples=cfg.window_samples,
+            api_key=api_key,
         )
         _print_held_out(report)
         summary["held_out_accuracy"] = report.accuracy

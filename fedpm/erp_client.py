@@ -76,8 +76,11 @@ def check_held_out(
     window_samples: int,
     severities: tuple[float, ...] = HELD_OUT_SEVERITIES,
     timeout_s: float = 60.0,
+    api_key: str,
 ) -> HeldOutReport:
     """POST held-out windows of each class to ``/v1/predictions`` and collect the answers.
+
+    ``api_key`` needs the ``predict`` permission (``python -m serving keys create``).
 
     Faulty windows are spread over ``severities`` (the sites trained on 0.4-0.7), so the
     report also says how early in a fault's growth the model recognises it.
@@ -85,7 +88,8 @@ def check_held_out(
     results: list[ClassResult] = []
     version = ""
     example: dict[str, object] = {}
-    with httpx.Client(base_url=base_url, timeout=timeout_s) as client:
+    headers = {"Authorization": f"Bearer {api_key}"}
+    with httpx.Client(base_url=base_url, timeout=timeout_s, headers=headers) as client:
         for name in class_names:
             levels = (0.0,) if name == "normal" else severities
             per_level = max(1, windows_per_class // len(levels))

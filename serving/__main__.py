@@ -1,4 +1,4 @@
-"""Run the serving API: ``python -m serving --registry DIR --port N``.
+"""Run the serving API: ``python -m serving --registry DIR --port N``; keys: ``... keys``.
 
 Options override the ``FEDPM_SERVE_*`` environment variables. Exit codes: 0 after a clean
 shutdown, 2 for bad command-line arguments, 40 for invalid settings.
@@ -60,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to bind (default 8000; 0 picks one)")
     parser.add_argument("--onnx-threads", dest="onnx_threads", type=int)
+    parser.add_argument("--state", dest="state_path", help="state file: API keys, assets")
     parser.add_argument(
         "--log-level", dest="log_level", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
     )
@@ -67,9 +68,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv``, configure logging and serve until interrupted; return the exit code."""
+    """Parse ``argv``, configure logging and serve until interrupted; return the exit code.
+
+    ``keys ...`` manages API keys instead (:mod:`serving.keys_cli`).
+    """
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["keys"]:
+        from serving.keys_cli import main as keys_main
+
+        return keys_main(args_list[1:])
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(args_list)
     overrides = {k: v for k, v in vars(args).items() if v is not None}
     try:
         settings = ServeSettings(**overrides)

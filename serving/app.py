@@ -2,13 +2,18 @@
 
 Routes (operation ids in brackets stay stable for generated clients)::
 
-    POST /v1/predictions     [create_predictions]  classify windows of raw acceleration
-    GET  /v1/models/current  [get_current_model]   the served model's public card
-    GET  /health             [get_health]          liveness; says whether a model is loaded
-    GET  /ready              [get_ready]           200 once a verified model is loaded, else 503
+    POST /v1/predictions           [create_predictions]  classify windows of raw acceleration
+    GET  /v1/models/current        [get_current_model]   the served model's public card
+    PUT  /v1/assets/{asset_id}     [put_asset]           register or update an asset
+    GET  /v1/assets/{asset_id}     [get_asset]           one asset
+    GET  /v1/assets                [list_assets]         the assets the key can see
+    GET  /health                   [get_health]          liveness; says whether a model is loaded
+    GET  /ready                    [get_ready]           200 once a verified model is loaded
 
-The model is loaded from the registry in the lifespan, never at import. Domain errors become
-HTTP errors here only: invalid input 422, too many windows 422, body too large 413, no model 503.
+Every ``/v1`` route needs an API key (:mod:`serving.auth`): 401 without a valid one, 403
+outside its permissions or sites, 429 over its rate. The model is loaded from the registry in
+the lifespan, never at import. Domain errors become HTTP errors here only: invalid input 422,
+too many windows 422, unknown asset 422, body too large 413, no model 503.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
 from models.registry import FileRegistry
+from serving import assets_api
+from serving.auth import AUTH_ERRORS, KeyDep, RateLimiter, check_site, require
 from serving.errors import InvalidInputError, ModelNotLoadedError
 from serving.middleware import BodySizeLimitMiddleware
 from serving.predictor import LoadedModel, Predictor
@@ -41,6 +48,7 @@ from serving.schemas import (
     PredictionResponse,
 )
 from serving.settings import ServeSettings, get_settings
+from serving.state import ApiKey, Permission, SqliteStateStore
 
 logger = logging.getLogger(__name__)
 
@@ -89,8 +97,9 @@ LoadedModelDep = Annotated[LoadedModel, Depends(get_loaded_model)]
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status.HTTP_503_SERVICE_UNAVAILABLE: {"model": ErrorResponse, "description": "No model"},
 }
+_AUTHED_ERRORS: dict[int | str, dict[str, Any]] = {**_ERRORS, **AUTH_ERRORS}
 _INPUT_ERRORS: dict[int | str, dict[str, Any]] = {
-    **_ERRORS,
+    **_AUTHED_ERRORS,
     status.HTTP_413_CONTENT_TOO_LARGE: {"model": ErrorResponse, "description": "Body too large"},
     status.HTTP_422_UNPROCESSABLE_CONTENT: {"model": ErrorResponse, "description": "Bad input"},
 }
@@ -105,14 +114,28 @@ router = APIRouter(route_class=JsonBodyRoute)
     responses=_INPUT_ERRORS,
 )
 def create_predictions(
-    payload: PredictionRequest, predictor: PredictorDep, settings: SettingsDep
+    payload: PredictionRequest,
+    predictor: PredictorDep,
+    settings: SettingsDep,
+    store: assets_api.StoreDep,
+    key: Annotated[ApiKey, Depends(require(Permission.PREDICT))],
 ) -> PredictionResponse:
     """Predict the failure class of each window with the current model.
 
     Windows at another sample rate than the model's are resampled when they cover the same
-    duration; ``m/s^2`` samples are converted to ``g``. The response names the model version
-    and sha256 that answered.
+    duration; ``m/s^2`` samples are converted to ``g``. An ``asset_id`` must name an asset of
+    the key's tenant on one of its sites. The response names the model version and sha256
+    that answered.
     """
+    if payload.asset_id is not None:
+        asset = store.get_asset(key.tenant, payload.asset_id)
+        if asset is None:
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
+                f"unknown asset '{payload.asset_id}': register it with PUT /v1/assets/"
+                f"{payload.asset_id} first, or leave asset_id out",
+            )
+        check_site(key, asset.site)
     limit = settings.max_windows_per_request
     if len(payload.windows) > limit:
         raise HTTPException(
@@ -133,9 +156,9 @@ def create_predictions(
     "/v1/models/current",
     tags=["models"],
     summary="The model now served",
-    responses=_ERRORS,
+    responses=_AUTHED_ERRORS,
 )
-def get_current_model(model: LoadedModelDep) -> ModelPublic:
+def get_current_model(model: LoadedModelDep, key: KeyDep) -> ModelPublic:
     """Return the public card of the model that answers predictions."""
     return ModelPublic.from_card(model.card)
 
@@ -225,6 +248,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     """
     settings = settings or get_settings()
     predictor = Predictor()
+    state_store = SqliteStateStore(settings.state_path)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -234,7 +258,10 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
             await anyio.to_thread.run_sync(load)
         except ModelNotLoadedError as exc:
             logger.warning("starting without a model, not ready: %s", exc)
-        yield
+        try:
+            yield
+        finally:
+            state_store.close()
 
     app = FastAPI(
         title="FedPM failure prediction",
@@ -245,7 +272,10 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.predictor = predictor
+    app.state.state_store = state_store
+    app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
     app.include_router(router)
+    app.include_router(assets_api.router)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     return app

@@ -36,6 +36,10 @@ class ServeSettings(BaseSettings):
         onnxruntime intra-op threads per inference.
     log_level, log_json
         Logging level, and one JSON object per line instead of plain text.
+    state_path
+        SQLite file of the service's state (API keys, assets); created if missing.
+    rate_limit_per_minute
+        Requests a minute an API key may make unless the key sets its own (0: no limit).
     """
 
     model_config = SettingsConfigDict(env_prefix="FEDPM_SERVE_", extra="ignore", frozen=True)
@@ -48,6 +52,8 @@ class ServeSettings(BaseSettings):
     onnx_threads: int = Field(default=1, ge=1, le=256)
     log_level: LogLevel = "INFO"
     log_json: bool = False
+    state_path: Path = Path("var/serving/state.sqlite")
+    rate_limit_per_minute: int = Field(default=6000, ge=0, le=10_000_000)
 
 
 @lru_cache

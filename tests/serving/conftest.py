@@ -6,9 +6,11 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from serving_helpers import api_key, authorised
 
 from models.metadata import ModelMetadata, Provenance
 from models.network import build_model
@@ -95,10 +97,13 @@ def flip_byte() -> Callable[[Path], None]:
 
 
 @pytest.fixture(scope="session")
-def client(served_registry: Path) -> Iterator[TestClient]:
-    """A started app (lifespan run) serving :func:`served_registry`."""
-    with TestClient(create_app(ServeSettings(registry_dir=served_registry))) as test_client:
-        yield test_client
+def client(served_registry: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """A started app (lifespan run) serving :func:`served_registry`, with an all-powerful key."""
+    state = tmp_path_factory.mktemp("state") / "state.sqlite"
+    settings = ServeSettings(registry_dir=served_registry, state_path=state)
+    key = api_key(state)
+    with TestClient(create_app(settings)) as test_client:
+        yield authorised(test_client, key)
 
 
 ClientFactory = Callable[..., TestClient]
@@ -109,12 +114,14 @@ def make_client() -> Iterator[ClientFactory]:
     """Start apps on given settings; every one is shut down after the test."""
     started: list[TestClient] = []
 
-    def make(registry_dir: Path, **overrides: object) -> TestClient:
+    def make(registry_dir: Path, **overrides: Any) -> TestClient:
+        overrides.setdefault("state_path", registry_dir.parent / f"state-{len(started)}.sqlite")
         settings = ServeSettings(registry_dir=registry_dir, **overrides)
+        key = api_key(settings.state_path)
         test_client = TestClient(create_app(settings))
         test_client.__enter__()
         started.append(test_client)
-        return test_client
+        return authorised(test_client, key)
 
     yield make
     for test_client in started:

@@ -25,6 +25,7 @@ def reference(served_registry: Path) -> OnnxClassifier:
 def test_single_window(client, window, served_registry: Path):
     # Prepare
     card = FileRegistry(served_registry).card(1)
+    assert client.put("/v1/assets/pump-17", json={"site": "plant-a"}).status_code in (200, 201)
 
     # Execute
     response = client.post(

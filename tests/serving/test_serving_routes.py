@@ -87,8 +87,13 @@ def test_operation_ids_are_stable(client):
     assert operations == {
         ("/v1/predictions", "post"): "create_predictions",
         ("/v1/models/current", "get"): "get_current_model",
+        ("/v1/assets/{asset_id}", "put"): "put_asset",
+        ("/v1/assets/{asset_id}", "get"): "get_asset",
+        ("/v1/assets", "get"): "list_assets",
         ("/health", "get"): "get_health",
         ("/ready", "get"): "get_ready",
     }
     responses = spec["paths"]["/v1/predictions"]["post"]["responses"]
-    assert {"200", "413", "422", "503"} <= set(responses)
+    assert {"200", "401", "403", "413", "422", "429", "503"} <= set(responses)
+    schemes = spec["components"]["securitySchemes"]
+    assert {s["type"] for s in schemes.values()} == {"http", "apiKey"}

@@ -24,7 +24,11 @@ def _free_port() -> int:
 @pytest.fixture
 def server(served_registry: Path, tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen]]:
     port = _free_port()
-    env = {**os.environ, "FEDPM_SERVE_MAX_BODY_BYTES": str(64 * 1024)}
+    env = {
+        **os.environ,
+        "FEDPM_SERVE_MAX_BODY_BYTES": str(64 * 1024),
+        "FEDPM_SERVE_STATE_PATH": str(tmp_path / "state.sqlite"),
+    }
     proc = subprocess.Popen(
         [sys.executable, "-m", "serving", "--registry", str(served_registry), "--port", str(port)],
         cwd=tmp_path,
@@ -60,12 +64,24 @@ def server(served_registry: Path, tmp_path: Path) -> Iterator[tuple[str, subproc
 
 
 @pytest.mark.integration
-def test_server_answers_over_http(server, served_registry: Path):
+def test_server_answers_over_http(server, served_registry: Path, tmp_path: Path):
     # Prepare
     base, proc = server
     samples = [round(0.01 * ((i * 37) % 101 - 50), 2) for i in range(2048)]
+    created = subprocess.run(
+        [sys.executable, "-m", "serving", "keys", "create", "--tenant", "acme"],
+        cwd=tmp_path,
+        env={**os.environ, "FEDPM_SERVE_STATE_PATH": str(tmp_path / "state.sqlite")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    key = created.stdout.strip()
 
-    with httpx.Client(base_url=base, timeout=10) as http:
+    with httpx.Client(base_url=base, timeout=10) as anonymous:
+        no_key = anonymous.get("/v1/models/current")
+    with httpx.Client(base_url=base, timeout=10, headers={"X-API-Key": key}) as http:
         # Execute
         ready = http.get("/ready")
         current = http.get("/v1/models/current")
@@ -78,6 +94,8 @@ def test_server_answers_over_http(server, served_registry: Path):
         )
 
     # Assert
+    assert no_key.status_code == 401
+    assert "created key" in created.stderr
     assert ready.status_code == 200
     assert current.json()["version"] == "v1"
     assert predicted.status_code == 200
