@@ -9,6 +9,7 @@ Routes (operation ids in brackets stay stable for generated clients)::
     GET  /v1/assets                [list_assets]         the assets the key can see
     GET  /health                   [get_health]          liveness; says whether a model is loaded
     GET  /ready                    [get_ready]           200 once a verified model is loaded
+    GET  /metrics                  [get_metrics]         Prometheus text format (serving.metrics)
 
 Every ``/v1`` route needs an API key (:mod:`serving.auth`): 401 without a valid one, 403
 outside its permissions or sites, 429 over its rate. The model is loaded from the registry in
@@ -28,13 +29,15 @@ from typing import Annotated, Any
 import anyio.to_thread
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from models.registry import FileRegistry
 from serving import assets_api
 from serving.auth import AUTH_ERRORS, KeyDep, RateLimiter, check_site, require
 from serving.errors import InvalidInputError, ModelNotLoadedError
+from serving.metrics import MetricsMiddleware, ServingMetrics
 from serving.middleware import BodySizeLimitMiddleware
 from serving.predictor import LoadedModel, Predictor
 from serving.routing import JsonBodyRoute
@@ -114,6 +117,7 @@ router = APIRouter(route_class=JsonBodyRoute)
     responses=_INPUT_ERRORS,
 )
 def create_predictions(
+    request: Request,
     payload: PredictionRequest,
     predictor: PredictorDep,
     settings: SettingsDep,
@@ -149,6 +153,8 @@ def create_predictions(
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
     except InvalidInputError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+    metrics: ServingMetrics = request.app.state.metrics
+    metrics.windows.inc(len(payload.windows))
     return PredictionResponse.from_result(result, asset_id=payload.asset_id)
 
 
@@ -178,6 +184,23 @@ def get_health(predictor: PredictorDep) -> HealthResponse:
 def get_ready(model: LoadedModelDep) -> HealthResponse:
     """Answer ``200`` once a verified model is loaded, ``503`` before."""
     return HealthResponse(status="ready", model_loaded=True, model_version=model.card.label)
+
+
+@router.get(
+    "/metrics",
+    tags=["health"],
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+)
+def get_metrics(request: Request, predictor: PredictorDep) -> Response:
+    """Requests, latency histograms, errors by kind, windows, and the model served."""
+    metrics: ServingMetrics = request.app.state.metrics
+    model = predictor.model
+    metrics.set_model(
+        None if model is None else model.card.label, None if model is None else model.card.sha256
+    )
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 # --- error bodies ---------------------------------------------------------------------------
@@ -274,8 +297,12 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     app.state.predictor = predictor
     app.state.state_store = state_store
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
+    app.state.metrics = metrics = ServingMetrics()
     app.include_router(router)
     app.include_router(assets_api.router)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    # outermost, so answers of the body-size limit (413) are counted too
+    routes = [*router.routes, *assets_api.router.routes]
+    app.add_middleware(MetricsMiddleware, metrics=metrics, routes=routes)
     return app

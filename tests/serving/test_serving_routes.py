@@ -92,6 +92,7 @@ def test_operation_ids_are_stable(client):
         ("/v1/assets", "get"): "list_assets",
         ("/health", "get"): "get_health",
         ("/ready", "get"): "get_ready",
+        ("/metrics", "get"): "get_metrics",
     }
     responses = spec["paths"]["/v1/predictions"]["post"]["responses"]
     assert {"200", "401", "403", "413", "422", "429", "503"} <= set(responses)
