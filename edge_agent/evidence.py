@@ -3,11 +3,8 @@
 Two tiers, sized for the node's CPU (measured in ``docs/edge-alarms.md``):
 
 *Every window* (cheap, ``O(n log n)``, 1-3 ms for 2,048 samples): RMS (g), kurtosis,
-crest factor, velocity RMS in mm/s over 10 Hz to ``min(1000 Hz, fs/2)`` (`models.dsp.severity`;
-on a 0.17 s window the 10 Hz edge is coarse, a few tenths of a mm/s) and the ISO 10816-3 /
-20816-3 zone for the asset's ``machine_group`` and ``mounting``. Groups 3 and 4 (pumps with a
-separate or an integrated driver) share the zone boundaries of groups 1 and 2 respectively
-(ISO 10816-3 tables A.1-A.4).
+crest factor, velocity RMS and the ISO 10816-3 / 20816-3 zone for the asset's ``machine_group``
+and ``mounting`` (`models.dsp.condition`, shared with the serving API).
 
 *Some windows* (the envelope analysis, `models.dsp.diagnosis.diagnose`: kurtogram, band-pass,
 Hilbert envelope, line search; 10-35 ms on 0.5 s of signal): only for assets with ``bearing``
@@ -26,18 +23,17 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, cast
 
 import numpy as np
 import numpy.typing as npt
 
 from edge_agent.errors import ConfigError
-from edge_agent.messages import DefectSymbol, Evidence, IsoZone
+from edge_agent.messages import DefectSymbol, Evidence
 from edge_agent.settings import AssetConfig
 from models.bearing import BearingGeometry, defect_frequencies, get_bearing
+from models.dsp.condition import DEFECT_SYMBOLS, window_features, zone_of
 from models.dsp.diagnosis import Verdict, diagnose
-from models.dsp.severity import MachineGroup, iso_zone, velocity_rms
-from models.dsp.time_domain import rms_kurtosis_crest
 from models.errors import SignalError
 
 ENVELOPE_EVERY: Final = 16
@@ -46,14 +42,8 @@ ENVELOPE_EVERY_FLAGGED: Final = 4
 """A flagged window gets one if the channel's last is at least this many windows old."""
 ENVELOPE_MIN_S: Final = 0.5
 ENVELOPE_MIN_TURNS: Final = 10.0
-MIN_VELOCITY_FS_HZ: Final = 200.0
 
-SYMBOLS: Final[dict[str, DefectSymbol]] = {
-    "inner_race": "BPFI",
-    "outer_race": "BPFO",
-    "ball": "BSF",
-    "cage": "FTF",
-}
+SYMBOLS: Final = cast(dict[str, DefectSymbol], DEFECT_SYMBOLS)
 
 Samples = npt.NDArray[np.float32]
 ChannelKey = tuple[str, str, int]
@@ -69,42 +59,6 @@ class Envelope:
     defect_score_db: float | None
     window_start_ns: int
     scores_db: dict[str, float]
-
-
-def window_features(samples: Samples, fs: float) -> dict[str, float]:
-    """Cheap condition indicators of one window (acceleration in g, ``fs`` in Hz).
-
-    Returns ``rms_g`` (g), ``kurtosis``, ``crest_factor`` and, for ``fs >= 200`` Hz,
-    ``velocity_rms_mm_s`` (mm/s, 10 Hz to ``min(1000, fs/2)`` Hz).
-
-    Raises
-    ------
-    SignalError
-        Empty or non-finite samples, or a bad ``fs``.
-
-    Examples
-    --------
-    >>> x = np.sin(2 * np.pi * 50.0 * np.arange(2048) / 12_000.0).astype(np.float32)
-    >>> round(window_features(x, 12_000.0)["rms_g"], 2)
-    0.71
-    """
-    x = np.asarray(samples, dtype=np.float64)
-    level, peakiness, crest = rms_kurtosis_crest(x)  # one validation for the three
-    features = {
-        "rms_g": float(level),
-        "kurtosis": float(peakiness),
-        "crest_factor": float(crest),
-    }
-    if fs >= MIN_VELOCITY_FS_HZ and x.size >= 2:
-        band = (10.0, min(1_000.0, fs / 2.0))
-        features["velocity_rms_mm_s"] = float(velocity_rms(x, fs, band))
-    return {k: v for k, v in features.items() if math.isfinite(v)}
-
-
-def zone_of(velocity_mm_s: float, machine_group: int, mounting: str) -> IsoZone:
-    """ISO 10816-3 zone; groups 3 and 4 use the boundaries of groups 1 and 2."""
-    group: MachineGroup = 1 if machine_group in (1, 3) else 2
-    return iso_zone(velocity_mm_s, group, "flexible" if mounting == "flexible" else "rigid")
 
 
 class _Channel:

@@ -21,6 +21,8 @@ Modules, one concept each:
     Band selection, envelope spectrum, evidence and the verdict, in one call.
 ``severity``
     Velocity RMS from acceleration and the ISO 10816-3 / 20816-3 zones.
+``condition``
+    Cheap per-window indicators (RMS, kurtosis, crest, velocity) and the ISO zone of an asset.
 ``features``
     Named feature presets (``minimal``, ``efficient``, ``full``) for models and dashboards.
 
