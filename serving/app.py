@@ -7,6 +7,8 @@ Routes (operation ids in brackets stay stable for generated clients)::
     PUT  /v1/assets/{asset_id}     [put_asset]           register or update an asset
     GET  /v1/assets/{asset_id}     [get_asset]           one asset
     GET  /v1/assets                [list_assets]         the assets the key can see
+    PUT  /v1/baselines/{asset_id}  [fit_baseline]        fit an asset's healthy baseline
+    GET  /v1/baselines/{asset_id}  [get_baseline]        describe it
     GET  /health                   [get_health]          liveness; says whether a model is loaded
     GET  /ready                    [get_ready]           200 once a verified model is loaded
     GET  /metrics                  [get_metrics]         Prometheus text format (serving.metrics)
@@ -34,9 +36,11 @@ from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from models.registry import FileRegistry
-from serving import assets_api
+from serving import assets_api, baselines_api
 from serving.auth import AUTH_ERRORS, KeyDep, RateLimiter, check_site, require
 from serving.errors import InvalidInputError, ModelNotLoadedError
+from serving.explain import explain, load_baseline
+from serving.inputs import stack_windows, to_units
 from serving.metrics import MetricsMiddleware, ServingMetrics
 from serving.middleware import BodySizeLimitMiddleware
 from serving.predictor import LoadedModel, Predictor
@@ -131,6 +135,7 @@ def create_predictions(
     the key's tenant on one of its sites. The response names the model version and sha256
     that answered.
     """
+    asset = None
     if payload.asset_id is not None:
         asset = store.get_asset(key.tenant, payload.asset_id)
         if asset is None:
@@ -155,7 +160,23 @@ def create_predictions(
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
     metrics: ServingMetrics = request.app.state.metrics
     metrics.windows.inc(len(payload.windows))
-    return PredictionResponse.from_result(result, asset_id=payload.asset_id)
+    if asset is None:
+        return PredictionResponse.from_result(result, asset_id=payload.asset_id)
+    card = result.model.card
+    baseline, note = load_baseline(
+        store.get_baseline(key.tenant, asset.asset_id), card.sha256, card.label
+    )
+    windows_g = to_units(stack_windows(payload.windows), payload.units, "g")
+    found = explain(
+        asset,
+        windows_g,
+        payload.sample_rate_hz,
+        result.prediction.embedding,
+        baseline,
+        note,
+        contiguous=payload.contiguous,
+    )
+    return PredictionResponse.from_result(result, payload.asset_id, (asset, found))
 
 
 @router.get(
@@ -300,9 +321,10 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     app.state.metrics = metrics = ServingMetrics()
     app.include_router(router)
     app.include_router(assets_api.router)
+    app.include_router(baselines_api.router)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     # outermost, so answers of the body-size limit (413) are counted too
-    routes = [*router.routes, *assets_api.router.routes]
+    routes = [*router.routes, *assets_api.router.routes, *baselines_api.router.routes]
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=routes)
     return app

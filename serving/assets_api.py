@@ -15,6 +15,7 @@ from pydantic import AllowInfNan, BaseModel, ConfigDict, Field, Strict, field_va
 from models.bearing import get_bearing
 from models.errors import SignalError
 from serving.auth import AUTH_ERRORS, KeyDep, check_site, require
+from serving.routing import JsonBodyRoute
 from serving.schemas import ErrorResponse
 from serving.state import NAME_RE, ApiKey, Asset, Permission, StateStore
 
@@ -23,7 +24,7 @@ _NOT_FOUND: dict[int | str, dict[str, object]] = {
     status.HTTP_404_NOT_FOUND: {"model": ErrorResponse, "description": "No such asset"},
 }
 
-router = APIRouter(tags=["assets"])
+router = APIRouter(tags=["assets"], route_class=JsonBodyRoute)
 
 
 class AssetIn(BaseModel):

@@ -6,12 +6,15 @@ Changing a field here changes the public contract that generated ERP/CMMS client
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Annotated, Any, Literal
 
 from pydantic import AllowInfNan, BaseModel, ConfigDict, Discriminator, Field, Strict, Tag
 
 from models.registry import ModelCard
+from serving.explain import Explanation
 from serving.predictor import BatchResult
+from serving.state import Asset
 
 Sample = Annotated[float, Strict(), AllowInfNan(False)]
 """One acceleration sample: a finite JSON number (not a string, not NaN or Infinity)."""
@@ -73,7 +76,35 @@ class PredictionRequest(BaseModel):
         default=None,
         min_length=1,
         max_length=200,
-        description="The caller's identifier of the monitored asset; echoed back.",
+        description="A registered asset of the caller's tenant (PUT /v1/assets/{asset_id}); "
+        "its evidence (ISO zone, anomaly score, bearing defect frequencies) is added.",
+    )
+    contiguous: bool = Field(
+        default=False,
+        description="The windows follow each other without gaps, in time order: the bearing "
+        "evidence analyses them as one signal (it needs 10 shaft turns).",
+    )
+
+
+class WindowEvidence(BaseModel):
+    """Condition indicators and the anomaly score of one window of a registered asset."""
+
+    rms_g: float | None = Field(default=None, description="RMS acceleration, g.")
+    kurtosis: float | None = Field(default=None, description="Kurtosis (3 for Gaussian noise).")
+    crest_factor: float | None = Field(default=None, description="Peak / RMS.")
+    velocity_rms_mm_s: float | None = Field(
+        default=None, description="Velocity RMS over 10 Hz-1 kHz, mm/s."
+    )
+    iso_zone: Literal["A", "B", "C", "D"] | None = Field(
+        default=None, description="ISO 10816-3 / 20816-3 zone for the asset's group and mounting."
+    )
+    anomaly_score: float | None = Field(
+        default=None,
+        description="Mahalanobis distance of the window's embedding from the asset's healthy "
+        "baseline; null without a baseline for the model served.",
+    )
+    anomalous: bool | None = Field(
+        default=None, description="anomaly_score above the baseline's calibrated threshold."
     )
 
 
@@ -85,6 +116,38 @@ class WindowPrediction(BaseModel):
     failure_probability: float = Field(
         ge=0, le=1, description="Probability of any class other than 'normal'."
     )
+    evidence: WindowEvidence | None = Field(
+        default=None, description="Present when the request names a registered asset."
+    )
+
+
+class BearingEvidence(BaseModel):
+    """Envelope analysis of the request's windows for the asset's bearing."""
+
+    verdict: Literal["inner_race", "outer_race", "ball", "cage", "none"]
+    defect_frequency: Literal["BPFI", "BPFO", "BSF", "FTF"] | None = Field(
+        description="The defect frequency that stands out, when a defect is called."
+    )
+    defect_hz: float | None = Field(description="Where its line was found, Hz.")
+    score_db: float | None = Field(description="Its evidence, dB over the local noise floor.")
+    threshold_db: float = Field(description="Score a defect needs to be called, dB.")
+    scores_db: dict[str, float] = Field(description="Evidence of every defect, dB.")
+    expected_hz: dict[str, float] = Field(description="Kinematic defect frequencies, Hz.")
+    band_hz: list[float] | None = Field(description="Band demodulated, Hz.")
+    signal_s: float = Field(description="Seconds of signal analysed.")
+
+
+class AssetExplanation(BaseModel):
+    """The asset-level part of an explained prediction."""
+
+    asset_id: str
+    site: str
+    anomaly_threshold: float | None = Field(
+        description="Baseline threshold at its calibrated false-alarm rate; null without one."
+    )
+    baseline_note: str | None = Field(description="Why there is no anomaly score, if not.")
+    bearing: BearingEvidence | None
+    bearing_note: str | None = Field(description="Why there is no bearing evidence, if not.")
 
 
 class PredictionResponse(BaseModel):
@@ -96,20 +159,46 @@ class PredictionResponse(BaseModel):
     model_sha256: str = Field(description="sha256 of the model file that answered.")
     asset_id: str | None = None
     predictions: list[WindowPrediction]
+    explanation: AssetExplanation | None = Field(
+        default=None, description="Present when the request names a registered asset."
+    )
 
     @classmethod
-    def from_result(cls, result: BatchResult, asset_id: str | None = None) -> PredictionResponse:
-        """Build the response from the predictor's result."""
+    def from_result(
+        cls,
+        result: BatchResult,
+        asset_id: str | None = None,
+        explained: tuple[Asset, Explanation] | None = None,
+    ) -> PredictionResponse:
+        """Build the response from the predictor's result (and the asset's evidence)."""
         card, pred = result.model.card, result.prediction
         names = pred.class_names
+        evidence: list[WindowEvidence | None] = [None] * len(pred.predicted)
+        explanation = None
+        if explained is not None:
+            asset, found = explained
+            evidence = [WindowEvidence(**asdict(w)) for w in found.windows]
+            explanation = AssetExplanation(
+                asset_id=asset.asset_id,
+                site=asset.site,
+                anomaly_threshold=found.anomaly_threshold,
+                baseline_note=found.baseline_note,
+                bearing=None if found.bearing is None else BearingEvidence(**found.bearing),
+                bearing_note=found.bearing_note,
+            )
         rows = [
             WindowPrediction(
                 predicted_class=predicted,
                 probabilities={name: float(p) for name, p in zip(names, probs, strict=True)},
                 failure_probability=min(max(fail, 0.0), 1.0),
+                evidence=ev,
             )
-            for predicted, probs, fail in zip(
-                pred.predicted, pred.probabilities, result.failure_probability, strict=True
+            for predicted, probs, fail, ev in zip(
+                pred.predicted,
+                pred.probabilities,
+                result.failure_probability,
+                evidence,
+                strict=True,
             )
         ]
         return cls(
@@ -117,6 +206,7 @@ class PredictionResponse(BaseModel):
             model_sha256=card.sha256,
             asset_id=asset_id,
             predictions=rows,
+            explanation=explanation,
         )
 
 

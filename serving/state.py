@@ -88,6 +88,20 @@ class Asset:
     attributes: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class StoredBaseline:
+    """An asset's healthy baseline (``models.anomaly.AnomalyBaseline`` JSON) and its model."""
+
+    tenant: str
+    asset_id: str
+    model_sha256: str
+    model_version: str
+    document: str
+    windows: int
+    false_alarm_rate: float
+    fitted_at: float
+
+
 class StateStore(Protocol):
     """Storage of the serving API's state; every method is safe to call from many threads."""
 
@@ -119,6 +133,12 @@ class StateStore(Protocol):
 
     def list_assets(self, tenant: str, sites: Iterable[str] = ()) -> list[Asset]:
         """A tenant's assets, limited to ``sites`` when given."""
+
+    def put_baseline(self, baseline: StoredBaseline) -> None:
+        """Store an asset's baseline, replacing the previous one."""
+
+    def get_baseline(self, tenant: str, asset_id: str) -> StoredBaseline | None:
+        """An asset's baseline, or None."""
 
     def close(self) -> None:
         """Release the storage."""
@@ -166,6 +186,18 @@ CREATE TABLE IF NOT EXISTS assets (
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
     PRIMARY KEY (tenant, asset_id)
+);
+CREATE TABLE IF NOT EXISTS baselines (
+    tenant TEXT NOT NULL,
+    asset_id TEXT NOT NULL,
+    model_sha256 TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    document TEXT NOT NULL,
+    windows INTEGER NOT NULL,
+    false_alarm_rate REAL NOT NULL,
+    fitted_at REAL NOT NULL,
+    PRIMARY KEY (tenant, asset_id),
+    FOREIGN KEY (tenant, asset_id) REFERENCES assets (tenant, asset_id)
 );
 """
 
@@ -323,6 +355,44 @@ class SqliteStateStore:
         rows = self._query("SELECT * FROM assets WHERE tenant = ? ORDER BY asset_id", (tenant,))
         assets = [_asset(r) for r in rows]
         return [a for a in assets if not wanted or a.site in wanted]
+
+    # --- baselines ----------------------------------------------------------------------
+
+    def put_baseline(self, baseline: StoredBaseline) -> None:
+        """Store an asset's baseline, replacing the previous one."""
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO baselines VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    baseline.tenant,
+                    baseline.asset_id,
+                    baseline.model_sha256,
+                    baseline.model_version,
+                    baseline.document,
+                    baseline.windows,
+                    baseline.false_alarm_rate,
+                    baseline.fitted_at,
+                ),
+            )
+
+    def get_baseline(self, tenant: str, asset_id: str) -> StoredBaseline | None:
+        """An asset's baseline, or None."""
+        rows = self._query(
+            "SELECT * FROM baselines WHERE tenant = ? AND asset_id = ?", (tenant, asset_id)
+        )
+        if not rows:
+            return None
+        r = rows[0]
+        return StoredBaseline(
+            tenant=str(r[0]),
+            asset_id=str(r[1]),
+            model_sha256=str(r[2]),
+            model_version=str(r[3]),
+            document=str(r[4]),
+            windows=int(str(r[5])),
+            false_alarm_rate=float(str(r[6])),
+            fitted_at=float(str(r[7])),
+        )
 
     def close(self) -> None:
         """Close the database connection."""

@@ -90,6 +90,8 @@ def test_operation_ids_are_stable(client):
         ("/v1/assets/{asset_id}", "put"): "put_asset",
         ("/v1/assets/{asset_id}", "get"): "get_asset",
         ("/v1/assets", "get"): "list_assets",
+        ("/v1/baselines/{asset_id}", "put"): "fit_baseline",
+        ("/v1/baselines/{asset_id}", "get"): "get_baseline",
         ("/health", "get"): "get_health",
         ("/ready", "get"): "get_ready",
         ("/metrics", "get"): "get_metrics",
