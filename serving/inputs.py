@@ -7,6 +7,7 @@ Pure functions, no I/O or logging. Every refusal raises a subclass of
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -35,8 +36,11 @@ RawWindow = Sequence[float] | Sequence[Sequence[float]]
 FloatArray = npt.NDArray[np.float64]
 Float32Array = npt.NDArray[np.float32]
 
+Windows = Sequence[RawWindow] | npt.NDArray[np.floating[Any]]
+"""A request's windows: JSON lists, or an array (batch, channels, samples) from a binary body."""
 
-def stack_windows(windows: Sequence[RawWindow]) -> FloatArray:
+
+def stack_windows(windows: Windows) -> FloatArray:
     """Stack windows into one array shaped (batch, channels, samples).
 
     Parameters
@@ -54,6 +58,12 @@ def stack_windows(windows: Sequence[RawWindow]) -> FloatArray:
     ShapeError
         Empty batch, empty window, channels of unequal length, or windows of unequal shape.
     """
+    if isinstance(windows, np.ndarray):  # a binary body, already shaped
+        if windows.ndim != 3 or 0 in windows.shape:
+            raise ShapeError(
+                f"windows must be shaped (batch, channels, samples), got {windows.shape}"
+            )
+        return windows.astype(np.float64, copy=False)
     if not windows:
         raise ShapeError("'windows' is empty: send at least one window")
     arrays = [_window_array(i, w) for i, w in enumerate(windows)]
@@ -152,7 +162,7 @@ def conform_rate(x: FloatArray, sample_rate_hz: float, metadata: ModelMetadata) 
 
 
 def prepare_batch(
-    windows: Sequence[RawWindow], sample_rate_hz: float, units: str, metadata: ModelMetadata
+    windows: Windows, sample_rate_hz: float, units: str, metadata: ModelMetadata
 ) -> Float32Array:
     """Validate, resample and convert request windows into the model's input batch.
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +18,7 @@ from models.metadata import NORMAL_CLASS, ModelMetadata
 from models.registry import FileRegistry, ModelCard
 from models.runtime import OnnxClassifier, Prediction
 from serving.errors import InvalidInputError, ModelNotLoadedError
-from serving.inputs import G_PER_UNIT, RawWindow, prepare_batch
+from serving.inputs import G_PER_UNIT, Windows, prepare_batch
 
 logger = logging.getLogger(__name__)
 
@@ -183,9 +182,7 @@ class Predictor:
         self.swap(model)
         return model
 
-    def predict(
-        self, windows: Sequence[RawWindow], sample_rate_hz: float, units: str = "g"
-    ) -> BatchResult:
+    def predict(self, windows: Windows, sample_rate_hz: float, units: str = "g") -> BatchResult:
         """Classify request windows, resampling and converting units as needed.
 
         Parameters

@@ -86,6 +86,7 @@ def test_operation_ids_are_stable(client):
     }
     assert operations == {
         ("/v1/predictions", "post"): "create_predictions",
+        ("/v1/predictions/binary", "post"): "create_predictions_binary",
         ("/v1/models/current", "get"): "get_current_model",
         ("/v1/assets/{asset_id}", "put"): "put_asset",
         ("/v1/assets/{asset_id}", "get"): "get_asset",
