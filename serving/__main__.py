@@ -17,6 +17,7 @@ from typing import Any
 import uvicorn
 from pydantic import ValidationError
 
+from models.errors import FedPMModelsError
 from serving.app import create_app
 from serving.settings import ServeSettings
 
@@ -62,6 +63,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--onnx-threads", dest="onnx_threads", type=int)
     parser.add_argument("--state", dest="state_path", help="state file: API keys, assets")
     parser.add_argument(
+        "--verify-key",
+        dest="model_verify_key",
+        help="Ed25519 public key (PEM) of model signatures",
+    )
+    parser.add_argument(
+        "--model-poll-s", dest="model_poll_s", type=float, help="registry check interval (s)"
+    )
+    parser.add_argument(
         "--log-level", dest="log_level", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
     )
     return parser
@@ -88,8 +97,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.info(
         "serving registry %s on http://%s:%d", settings.registry_dir, settings.host, settings.port
     )
+    try:
+        app = create_app(settings)
+    except FedPMModelsError as exc:  # an unreadable verification key, say
+        parser.exit(EXIT_BAD_SETTINGS, f"invalid settings: {exc}\n")
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_config=None,

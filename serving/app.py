@@ -22,6 +22,8 @@ too many windows 422, unknown asset 422, body too large 413, no model 503.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -38,11 +40,13 @@ from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from models.registry import FileRegistry
+from models.signing import load_public_key
 from serving import assets_api, baselines_api
 from serving.auth import AUTH_ERRORS, KeyDep, RateLimiter, check_site, require
 from serving.errors import InvalidInputError, ModelNotLoadedError
 from serving.explain import explain, load_baseline
 from serving.inputs import Windows, stack_windows, to_units
+from serving.lifecycle import RegistryWatcher
 from serving.metrics import MetricsMiddleware, ServingMetrics
 from serving.middleware import BodySizeLimitMiddleware
 from serving.predictor import LoadedModel, Predictor
@@ -396,19 +400,33 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     """
     settings = settings or get_settings()
     predictor = Predictor()
+    verify_key = (
+        None if settings.model_verify_key is None else load_public_key(settings.model_verify_key)
+    )
+    metrics = ServingMetrics()
     state_store = SqliteStateStore(settings.state_path)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        registry = FileRegistry(settings.registry_dir)
-        load = partial(predictor.reload, registry, onnx_threads=settings.onnx_threads)
-        try:
-            await anyio.to_thread.run_sync(load)
-        except ModelNotLoadedError as exc:
-            logger.warning("starting without a model, not ready: %s", exc)
+        watcher = RegistryWatcher(
+            FileRegistry(settings.registry_dir),
+            predictor,
+            metrics,
+            poll_s=settings.model_poll_s,
+            onnx_threads=settings.onnx_threads,
+            verify_key=verify_key,
+        )
+        await watcher.check()  # the first load, before the first request
+        if predictor.model is None:
+            logger.warning("starting without a model, not ready")
+        task = asyncio.create_task(watcher.run()) if settings.model_poll_s > 0 else None
         try:
             yield
         finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             state_store.close()
 
     app = FastAPI(
@@ -422,7 +440,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     app.state.predictor = predictor
     app.state.state_store = state_store
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
-    app.state.metrics = metrics = ServingMetrics()
+    app.state.metrics = metrics
     app.include_router(router)
     app.include_router(assets_api.router)
     app.include_router(baselines_api.router)

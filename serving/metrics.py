@@ -8,8 +8,9 @@
   ``not_found``, ``rate_limited``, ``too_large``, ``invalid_input``, ``no_model``,
   ``server_error``, ``other``);
 - ``fedpm_serving_windows_total``: windows predicted;
-- ``fedpm_serving_model_info{version, sha256}`` (1 for the model now served) and
-  ``fedpm_serving_model_loaded`` (0 or 1).
+- ``fedpm_serving_model_info{version, sha256}`` (1 for the model now served),
+  ``fedpm_serving_model_loaded`` (0 or 1), ``fedpm_serving_model_swaps_total`` and
+  ``fedpm_serving_models_refused_total`` (versions refused by ``serving.lifecycle``).
 
 Each application has its own registry, so tests and several apps in one process do not mix.
 With several uvicorn worker processes each worker answers for itself; scrape each (or run one
@@ -65,6 +66,14 @@ class ServingMetrics:
             "fedpm_serving_model_info",
             "The model now served (1), by version and sha256",
             ["version", "sha256"],
+            registry=self.registry,
+        )
+        self.model_swaps = Counter(
+            "fedpm_serving_model_swaps", "Models swapped in", registry=self.registry
+        )
+        self.models_refused = Counter(
+            "fedpm_serving_models_refused",
+            "Registry versions refused (sha256, signature or contract)",
             registry=self.registry,
         )
         self.model_loaded = Gauge(

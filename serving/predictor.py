@@ -12,6 +12,7 @@ import threading
 from dataclasses import dataclass
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from models.errors import ModelFormatError, RegistryError
 from models.metadata import NORMAL_CLASS, ModelMetadata
@@ -84,12 +85,20 @@ def load_model(card: ModelCard, model_bytes: bytes, *, onnx_threads: int = 1) ->
     return LoadedModel(card=card, classifier=classifier)
 
 
-def load_latest_valid(registry: FileRegistry, *, onnx_threads: int = 1) -> LoadedModel:
+def load_latest_valid(
+    registry: FileRegistry,
+    *,
+    onnx_threads: int = 1,
+    verify_key: Ed25519PublicKey | None = None,
+    refused_log: list[str] | None = None,
+) -> LoadedModel:
     """Load the newest registry version that verifies and opens; log each one refused.
 
     Versions are tried newest first. A version whose bytes do not match its card's sha256,
-    whose card is unreadable, or that onnxruntime cannot open is refused (logged at ERROR with
-    its number) and the next older one is tried; a refused model is never run.
+    whose signature does not verify against ``verify_key`` (when given), whose card is
+    unreadable, or that onnxruntime cannot open is refused (logged at ERROR with its number,
+    and appended to ``refused_log``) and the next older one is tried; a refused model is never
+    run.
 
     Raises
     ------
@@ -99,11 +108,13 @@ def load_latest_valid(registry: FileRegistry, *, onnx_threads: int = 1) -> Loade
     refused: list[str] = []
     for version in reversed(registry.versions()):
         try:
-            card, data = registry.load_verified(version)
+            card, data = registry.load_verified(version, verify_key=verify_key)
             return load_model(card, data, onnx_threads=onnx_threads)
         except (RegistryError, ModelFormatError) as exc:
             logger.error("refusing model version v%d from %s: %s", version, registry.root, exc)
             refused.append(f"v{version}")
+            if refused_log is not None:
+                refused_log.append(f"v{version}: {exc}")
     detail = f"refused {', '.join(refused)}" if refused else "it holds no model yet"
     raise ModelNotLoadedError(f"no valid model in registry {registry.root}: {detail}")
 
@@ -168,17 +179,31 @@ class Predictor:
         )
         return previous
 
-    def reload(self, registry: FileRegistry, *, onnx_threads: int = 1) -> LoadedModel:
-        """Load the newest valid version from ``registry`` and swap it in.
+    def reload(
+        self,
+        registry: FileRegistry,
+        *,
+        onnx_threads: int = 1,
+        verify_key: Ed25519PublicKey | None = None,
+        refused_log: list[str] | None = None,
+    ) -> LoadedModel:
+        """Load the newest valid version from ``registry`` and swap it in if it is new.
 
-        On failure the current model keeps serving.
+        The new model is opened beside the one serving, then swapped in one assignment;
+        requests already running finish on the model they started with. On failure the current
+        model keeps serving. The same model (same sha256) is not swapped again.
 
         Raises
         ------
         ModelNotLoadedError
             No version passes verification.
         """
-        model = load_latest_valid(registry, onnx_threads=onnx_threads)
+        model = load_latest_valid(
+            registry, onnx_threads=onnx_threads, verify_key=verify_key, refused_log=refused_log
+        )
+        current = self.model
+        if current is not None and current.card.sha256 == model.card.sha256:
+            return current
         self.swap(model)
         return model
 

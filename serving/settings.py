@@ -40,6 +40,11 @@ class ServeSettings(BaseSettings):
         SQLite file of the service's state (API keys, assets); created if missing.
     rate_limit_per_minute
         Requests a minute an API key may make unless the key sets its own (0: no limit).
+    model_poll_s
+        Seconds between checks of the registry for a new version (0: load once at start).
+    model_verify_key
+        Ed25519 public key (PEM) every served model's card signature must verify against;
+        None serves unsigned models (sha256 is always checked).
     """
 
     model_config = SettingsConfigDict(env_prefix="FEDPM_SERVE_", extra="ignore", frozen=True)
@@ -54,6 +59,8 @@ class ServeSettings(BaseSettings):
     log_json: bool = False
     state_path: Path = Path("var/serving/state.sqlite")
     rate_limit_per_minute: int = Field(default=6000, ge=0, le=10_000_000)
+    model_poll_s: float = Field(default=10.0, ge=0, le=86_400)
+    model_verify_key: Path | None = None
 
 
 @lru_cache

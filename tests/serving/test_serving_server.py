@@ -39,7 +39,7 @@ def server(served_registry: Path, tmp_path: Path) -> Iterator[tuple[str, subproc
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 90  # a loaded 2-core machine starts slowly
         while True:
             if proc.poll() is not None:
                 pytest.fail(f"server exited with {proc.returncode}:\n{proc.stdout.read()}")
@@ -49,7 +49,7 @@ def server(served_registry: Path, tmp_path: Path) -> Iterator[tuple[str, subproc
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail("server did not answer /health within 30 s")
+                pytest.fail("server did not answer /health within 90 s")
             time.sleep(0.1)
         yield base, proc
     finally:
