@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import flwr
 from flwr.app import ArrayRecord, MetricRecord
@@ -54,6 +55,28 @@ class RoundPublisher:
         card = self.publish(server_round, arrays)
         return MetricRecord({"registry-version": card.version})
 
+    def run_facts(self, metrics: dict[str, float]) -> dict[str, Any]:
+        """What the card's provenance says about the run besides the round's metrics.
+
+        ``run_name``, ``strategy``, ``num_server_rounds`` (planned), ``min_sites``,
+        ``dp_epsilon`` (site-level epsilon spent up to this round at ``dp_delta``; ``None``
+        without DP), ``update_compression`` and, for simulated sites, ``data_partition``.
+        """
+        cfg = self.cfg
+        dp = cfg.dp_noise_multiplier > 0
+        facts: dict[str, Any] = {
+            "run_name": cfg.run_name,
+            "strategy": cfg.strategy,
+            "num_server_rounds": cfg.num_server_rounds,
+            "min_sites": cfg.min_sites,
+            "dp_epsilon": metrics.get("dp-epsilon") if dp else None,
+            "dp_delta": cfg.dp_delta if dp else None,
+            "update_compression": cfg.update_compression,
+        }
+        if cfg.data_manifest:
+            facts["data_partition"] = cfg.data_partition
+        return facts
+
     def publish(self, server_round: int, arrays: ArrayRecord) -> ModelCard:
         """Export ``arrays`` and publish them with this round's metrics."""
         log = self.round_logs.get(server_round, RoundLog(server_round))
@@ -67,6 +90,7 @@ class RoundPublisher:
             sites=log.sites,
             metrics=metrics,
             framework={"flwr": flwr.__version__},
+            **self.run_facts(metrics),
         )
         metadata = metadata_for(
             net,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -40,6 +42,18 @@ class RoundLog:
     def skipped(self) -> bool:
         """Whether the round was skipped (global model unchanged)."""
         return bool(self.skip_reason)
+
+    def personal_accuracy(self) -> dict[str, tuple[float, float]]:
+        """Per site that evaluated a personalised model: (global, personalised) accuracy.
+
+        From the evaluate replies' ``eval-accuracy`` and ``personal-eval-accuracy``
+        (``personalisation`` in the run config, ``edge_agent.fl_personal``).
+        """
+        return {
+            site: (m["eval-accuracy"], m["personal-eval-accuracy"])
+            for site, m in sorted(self.site_metrics.items())
+            if "eval-accuracy" in m and "personal-eval-accuracy" in m
+        }
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (for checkpoints)."""
@@ -89,3 +103,65 @@ def record_replies(log: RoundLog, replies: Iterable[Message], phase: str) -> lis
                     name = f"{phase}-examples" if key == "num-examples" else key
                     metrics[name] = float(value)
     return replies
+
+
+# --- live progress: one machine-readable log line per round --------------------------------
+
+#: Prefix of the per-round progress line the ServerApp logs (``fedpm fl run`` parses it from
+#: ``flwr run --stream``); the rest of the line is one JSON object, see :func:`progress_record`.
+PROGRESS_PREFIX = "fedpm-round "
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def progress_record(
+    log: RoundLog,
+    *,
+    num_rounds: int,
+    run_name: str,
+    flower_run_id: str,
+    strategy: str,
+    bytes_up: int,
+    bytes_down: int,
+    registry_version: int | None,
+) -> dict[str, Any]:
+    """What the progress line of one finished round says (JSON-ready, NaN as ``None``).
+
+    ``bytes_up`` / ``bytes_down`` are the bytes of the round's train and evaluate replies /
+    messages as Flower serialises them (:class:`aggregator.compression.RoundTraffic`).
+    """
+    agg = log.aggregated
+
+    def metric(key: str) -> float | None:
+        return _finite(agg[key]) if key in agg else None
+
+    return {
+        "round": log.server_round,
+        "num_rounds": num_rounds,
+        "run_name": run_name,
+        "flower_run_id": flower_run_id,
+        "strategy": strategy,
+        "sampled": log.sampled,
+        "replied": len(log.site_metrics),
+        "failures": log.failures,
+        "rejected": len(log.rejected),
+        "skipped": log.skipped,
+        "skip_reason": log.skip_reason,
+        "sites": list(log.sites),
+        "train_loss": metric("train-loss"),
+        "train_accuracy": metric("train-accuracy"),
+        "eval_loss": metric("eval-loss"),
+        "eval_accuracy": metric("eval-accuracy"),
+        "dp_epsilon": metric("dp-epsilon"),
+        "bytes_up": bytes_up,
+        "bytes_down": bytes_down,
+        "registry_version": registry_version,
+        "metrics": {k: _finite(v) for k, v in sorted(agg.items())},
+    }
+
+
+def progress_line(record: Mapping[str, Any]) -> str:
+    """:data:`PROGRESS_PREFIX` followed by ``record`` as one line of strict JSON."""
+    return PROGRESS_PREFIX + json.dumps(record, sort_keys=True, allow_nan=False)

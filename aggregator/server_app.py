@@ -8,8 +8,10 @@ runs only the remaining rounds, numbered on from there (docs/federated-training.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from flwr.app import ArrayRecord, Context, MetricRecord
+from flwr.common.logger import log as flwr_log
 from flwr.serverapp import Grid, ServerApp
 
 from aggregator.checkpoint import (
@@ -19,11 +21,12 @@ from aggregator.checkpoint import (
     config_hash,
     to_record,
 )
-from aggregator.compression import CompressionGrid
+from aggregator.compression import CompressionGrid, RoundTraffic
 from aggregator.evaluation import ServerEvaluator
 from aggregator.guards import GuardConfig
 from aggregator.privacy import with_dp
 from aggregator.publish import RoundPublisher
+from aggregator.rounds import progress_line, progress_record
 from aggregator.strategies import build_strategy, load_strategy_state, strategy_state
 from aggregator.strategy import GuardedStrategy
 from models.fl_config import RunConfig
@@ -50,6 +53,9 @@ class RoundCloser:
     The checkpoint is written before the model is published and again, with the registry
     version, after it: a kill between the two leaves a checkpoint whose round is not yet
     published, which :func:`resume` publishes (or adopts, when the registry already has it).
+    Last, it logs the round's progress line (:func:`aggregator.rounds.progress_line`) through
+    Flower's logger, so ``flwr run --stream`` shows it; ``traffic`` (the
+    :class:`CompressionGrid`'s) gives its byte counts.
     """
 
     def __init__(
@@ -59,8 +65,10 @@ class RoundCloser:
         store: CheckpointStore,
         base: Checkpoint,
         evaluator: ServerEvaluator | None = None,
+        traffic: Mapping[tuple[str, str], RoundTraffic] | None = None,
     ) -> None:
         self.strategy = strategy
+        self.traffic = traffic
         self.publisher = publisher
         self.store = store
         self.base = base
@@ -74,6 +82,14 @@ class RoundCloser:
         log = self.strategy.round_log(current)
         if self.evaluator is not None:
             log.aggregated.update(self.evaluator(arrays))
+        for site, (global_acc, personal_acc) in log.personal_accuracy().items():
+            logger.info(
+                "round %d, %s: global accuracy %.3f, personalised %.3f",
+                current,
+                site,
+                global_acc,
+                personal_acc,
+            )
         ckpt = self.base
         ckpt.server_round = current
         ckpt.arrays = {k: a.numpy() for k, a in arrays.items()}
@@ -82,11 +98,29 @@ class RoundCloser:
         self.store.save(ckpt)
         if log.skipped:
             logger.warning("round %d skipped (%s): not published", current, log.skip_reason)
+            self.report(current, None)
             return MetricRecord({"round-skipped": 1})
         card = self.publisher.publish(current, arrays)
         ckpt.registry_versions[current] = card.version
         self.store.save(ckpt)
+        self.report(current, card.version)
         return MetricRecord({"registry-version": card.version})
+
+    def report(self, server_round: int, registry_version: int | None) -> None:
+        """Log the progress line of (absolute) ``server_round``."""
+        cfg = self.publisher.cfg
+        rounds = [t for (r, _), t in (self.traffic or {}).items() if r == str(server_round)]
+        record = progress_record(
+            self.strategy.round_log(server_round),
+            num_rounds=cfg.num_server_rounds,
+            run_name=cfg.run_name,
+            flower_run_id=self.publisher.run_id,
+            strategy=cfg.strategy,
+            bytes_up=sum(t.up_bytes for t in rounds),
+            bytes_down=sum(t.down_bytes for t in rounds),
+            registry_version=registry_version,
+        )
+        flwr_log(logging.INFO, "%s", progress_line(record))
 
 
 def resume(
@@ -165,11 +199,12 @@ def main(grid: Grid, context: Context) -> None:
     if remaining <= 0:
         logger.info("run %s already completed %d rounds", cfg.run_name, ckpt.server_round)
         return
+    wrapped = CompressionGrid(grid)  # decodes compressed replies; passes others through
     strategy.start(
-        grid=CompressionGrid(grid),  # decodes compressed replies; passes others through
+        grid=wrapped,
         initial_arrays=initial,
         num_rounds=remaining,
         timeout=cfg.round_timeout_s,
-        evaluate_fn=RoundCloser(strategy, publisher, store, ckpt, evaluator),
+        evaluate_fn=RoundCloser(strategy, publisher, store, ckpt, evaluator, wrapped.traffic),
     )
     logger.info("run %s finished: %d versions published", run_id, len(publisher.published))

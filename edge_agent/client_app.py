@@ -18,6 +18,7 @@ the aggregate.
 from __future__ import annotations
 
 import logging
+import time
 import zlib
 
 import numpy as np
@@ -26,13 +27,14 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from edge_agent.errors import StoreError
+from edge_agent.fl_data import site_data
 from edge_agent.fl_mods import update_compression_mod
+from edge_agent.fl_personal import after_training, before_training, personal_metrics, personal_path
 from edge_agent.fl_privacy import dp_clipping_mod
 from edge_agent.store import LabelledWindows, LocalStore
 from models.fl_config import RunConfig
 from models.network import WDCNN, build_model, reset_norm_statistics
-from models.training import evaluate, time_split, train
+from models.training import evaluate, train
 
 logger = logging.getLogger(__name__)
 
@@ -47,27 +49,22 @@ def _site_seed(context: Context) -> int:
     return zlib.crc32(_site(context).encode()) % 1000
 
 
+def _server_round(msg: Message) -> int:
+    """The ``server-round`` Flower's strategies put in each train and evaluate config."""
+    return int(str(msg.content.config_records["config"].get("server-round", 0)))
+
+
 def _site(context: Context) -> str:
-    return str(context.node_config.get("site-id", f"node-{context.node_id}"))
+    if "site-id" in context.node_config:
+        return str(context.node_config["site-id"])
+    if "partition-id" in context.node_config:  # a virtual site of the Simulation Engine
+        return f"sim-site-{int(str(context.node_config['partition-id'])):03d}"
+    return f"node-{context.node_id}"
 
 
 def _local_data(context: Context, cfg: RunConfig) -> tuple[LabelledWindows, np.ndarray, np.ndarray]:
-    path = context.node_config.get("store-path")
-    if not path:
-        raise ValueError(
-            "node config has no 'store-path': start the SuperNode with "
-            "--node-config \"store-path='/path/to/store.db' site-id='...'\""
-        )
-    try:
-        store = LocalStore(str(path), readonly=True)
-    except StoreError as exc:
-        raise ValueError(f"site store unusable: {exc}") from exc
-    with store:
-        data = store.labelled_windows(cfg.class_names, cfg.sample_rate_hz, cfg.window_samples)
-    if len(data.y) == 0:
-        raise ValueError(f"store {path} holds no labelled windows yet")
-    train_idx, eval_idx = time_split(data.group, data.start_ns, cfg.eval_fraction)
-    return data, train_idx, eval_idx
+    # the site's store, or a simulated node's share of data-manifest (edge_agent.fl_data)
+    return site_data(context.node_config, cfg)
 
 
 def _prepare(
@@ -86,10 +83,12 @@ def _prepare(
 def train_handler(msg: Message, context: Context) -> Message:
     """Train the received global model on local labelled windows."""
     cfg, data, train_idx, _, net = _prepare(msg, context)
+    personal = before_training(net, cfg, personal_path(context, cfg))  # "local-bn": site's BN
     reset_norm_statistics(net)
-    server_round = int(str(msg.content.config_records["config"].get("server-round", 0)))
+    server_round = _server_round(msg)
     # FedProx (aggregator.strategies) sends its proximal weight with every train message
     proximal_mu = float(str(msg.content.config_records["config"].get("proximal-mu", 0.0)))
+    started = time.perf_counter()
     result = train(
         net,
         data.x[train_idx],
@@ -100,11 +99,14 @@ def train_handler(msg: Message, context: Context) -> Message:
         seed=cfg.seed + server_round * 1000 + _site_seed(context),
         proximal_mu=proximal_mu,
     )
+    train_seconds = time.perf_counter() - started
+    after_training(net, cfg, personal_path(context, cfg), personal, server_round)
     metrics = MetricRecord(
         {
             "train-loss": result.loss,
             "train-accuracy": result.accuracy,
             "num-examples": result.num_examples,
+            "train-seconds": train_seconds,  # local training wall time (round-overhead bench)
         }
     )
     content = RecordDict(
@@ -138,6 +140,9 @@ def _anomaly_metrics(net: WDCNN, cfg: RunConfig, context: Context) -> dict[str, 
                 rows.append(embedding.numpy().astype(np.float64))
         return np.concatenate(rows) if rows else np.zeros((0, 1))
 
+    if not context.node_config.get("store-path"):  # a simulated node (fl_data): no assets
+        names = ("assets", "healthy-windows", "healthy-flagged", "fault-windows", "fault-detected")
+        return {f"anomaly-{name}": 0 for name in names}
     path = str(context.node_config["store-path"])
     with LocalStore(path, readonly=True) as store, store.reader() as conn:
         counts = evaluate_anomaly(
@@ -158,15 +163,30 @@ def _anomaly_metrics(net: WDCNN, cfg: RunConfig, context: Context) -> dict[str, 
 
 @app.evaluate()
 def evaluate_handler(msg: Message, context: Context) -> Message:
-    """Evaluate the received global model on the latest part of each local recording."""
-    cfg, data, _, eval_idx, net = _prepare(msg, context)
+    """Evaluate the received global model on the latest part of each local recording.
+
+    With ``personalisation`` set, also the site's personalised model (``personal-eval-*``,
+    ``edge_agent.fl_personal``); ``eval-loss`` and ``eval-accuracy`` stay the global model's.
+    """
+    cfg, data, train_idx, eval_idx, net = _prepare(msg, context)
     result = evaluate(net, data.x[eval_idx], data.y[eval_idx], cfg.class_names)
+    server_round = _server_round(msg)
+    personal = personal_metrics(
+        net,
+        cfg,
+        personal_path(context, cfg),
+        (data.x[train_idx], data.y[train_idx]),
+        (data.x[eval_idx], data.y[eval_idx]),
+        server_round=server_round,
+        seed=cfg.seed + server_round * 1000 + _site_seed(context),
+    )
     metrics = MetricRecord(
         {
             "eval-loss": result.loss,
             "eval-accuracy": result.accuracy,
             "num-examples": result.num_examples,
             **_anomaly_metrics(net, cfg, context),
+            **personal,
         }
     )
     content = RecordDict({"metrics": metrics, "site": ConfigRecord({"site-id": _site(context)})})

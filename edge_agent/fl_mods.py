@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +66,7 @@ def load_residual(path: Path, layout: str) -> Residual | None:
         with np.load(path, allow_pickle=False) as data:
             saved = bytes(data[_LAYOUT_ENTRY]).decode()
             residual = {k: np.asarray(data[k], np.float64) for k in data.files}
-    except (OSError, ValueError, KeyError, UnicodeDecodeError) as exc:
+    except (OSError, ValueError, KeyError, UnicodeDecodeError, zipfile.BadZipFile) as exc:
         logger.warning("dropping unreadable update residual %s: %s", path, exc)
         return None
     if saved != layout:

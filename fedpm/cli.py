@@ -134,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
         module.add_arguments(cmd)
         cmd.set_defaults(func=module.run)
 
+    from fedpm.fl_cli import add_fl_commands
+
+    add_fl_commands(sub)  # fedpm fl run | simulate | status | history
+
     sub.add_parser("agent", help="run an edge agent (see `fedpm agent --help`)", add_help=False)
     sub.add_parser(
         "serve", help="run the prediction API (see `fedpm serve --help`)", add_help=False

@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 
 from models.errors import SignalError
 from models.network import NetworkConfig
+from models.partition import PartitionError, parse_partition
 
 DEFAULT_CLASSES = ("normal", "inner_race", "outer_race", "ball")
 # ``update-compression`` codecs for train replies (docs/update-compression.md)
@@ -27,6 +28,8 @@ STRATEGIES = (
     "multikrum",
     "bulyan",
 )
+# ``personalisation`` modes of the ClientApp (edge_agent.fl_personal, docs/federated-training.md)
+PERSONALISATIONS = ("none", "local-bn", "local-head")
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,14 @@ class RunConfig:
     dp_noise_multiplier: float = 0.0  # z: noise sd z*C/min-sites on the mean of updates; 0: off
     dp_clipping_norm: float = 1.0  # C: L2 bound of a site's update, clipped on the site
     dp_delta: float = 1e-5  # delta at which the run's epsilon is reported
+    # --- per-site personalisation (edge_agent.fl_personal) ---
+    personalisation: str = "none"  # none, local-bn (FedBN) or local-head (fine-tuned head)
+    personal_head_epochs: int = 20  # local-head: epochs over the frozen body's embeddings
+    personal_head_learning_rate: float = 0.01  # local-head: Adam step of the head fine-tuning
+    # --- virtual sites of a simulation (edge_agent.fl_data, docs/fl-workflow.md) ---
+    data_manifest: str = ""  # manifest a simulated node reads its partition of; "": the store
+    data_partition: str = "iid"  # iid, dirichlet:ALPHA or by:COLUMN (models.partition)
+    data_channel: str = "de"  # the manifest channel the model reads
 
     def __post_init__(self) -> None:
         if self.num_server_rounds < 1 or self.local_epochs < 1 or self.batch_size < 2:
@@ -98,6 +109,23 @@ class RunConfig:
         self.network  # noqa: B018 - validates window-samples against the network's limits
         self._check_strategy()
         self._check_privacy()
+        self._check_data()
+        self._check_personalisation()
+
+    def _check_personalisation(self) -> None:
+        """Validate the per-site personalisation keys."""
+        if self.personalisation not in PERSONALISATIONS:
+            raise SignalError(
+                f"personalisation must be one of {', '.join(PERSONALISATIONS)}, "
+                f"got {self.personalisation!r}"
+            )
+        if self.personal_head_epochs < 1:
+            raise SignalError(f"personal-head-epochs must be >= 1, got {self.personal_head_epochs}")
+        if not 0 < self.personal_head_learning_rate < 1:
+            raise SignalError(
+                "personal-head-learning-rate must be in (0, 1), "
+                f"got {self.personal_head_learning_rate}"
+            )
 
     def _check_privacy(self) -> None:
         """Validate the differential-privacy keys."""
@@ -168,6 +196,15 @@ class RunConfig:
             raise SignalError(
                 f"run-name may hold only letters, digits, '-', '_', '.': {self.run_name!r}"
             )
+
+    def _check_data(self) -> None:
+        """Validate the simulation data keys (``data-partition``, ``data-channel``)."""
+        try:
+            parse_partition(self.data_partition)
+        except PartitionError as exc:
+            raise SignalError(f"data-partition: {exc}") from exc
+        if not self.data_channel:
+            raise SignalError("data-channel must name a manifest channel, e.g. de")
 
     @property
     def network(self) -> NetworkConfig:

@@ -225,11 +225,15 @@ def test_a_new_run_starts_without_the_old_residual(tmp_path: Path) -> None:
     )
 
 
-def test_an_unreadable_residual_is_dropped_not_fatal(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "damaged",
+    [b"not a numpy archive", b"PK\x03\x04" + b"\x00" * 40],  # the second: a broken zip
+)
+def test_an_unreadable_residual_is_dropped_not_fatal(tmp_path: Path, damaged: bytes) -> None:
     # Prepare: a residual file damaged on disk
     store = tmp_path / "store.sqlite"
     g0 = _global_arrays()
-    (tmp_path / f"fl-residual-{RUN_ID}.npz").write_bytes(b"not a numpy archive")
+    (tmp_path / f"fl-residual-{RUN_ID}.npz").write_bytes(damaged)
 
     # Execute
     reply = update_compression_mod(
