@@ -47,7 +47,7 @@ def pick_device(preference: str = "auto") -> torch.device:
 def load_windows(path: str | Path) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
     """Read ``x`` and ``y`` from a ``.npz`` (no pickle); raises ``SignalError`` when unusable."""
     try:
-        with np.load(Path(path), allow_pickle=False) as npz:
+        with Path(path).open("rb") as file, np.load(file, allow_pickle=False) as npz:
             x, y = npz["x"], npz["y"]
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
         raise SignalError(f"server-eval-npz {path}: {exc}") from exc

@@ -63,7 +63,7 @@ def load_residual(path: Path, layout: str) -> Residual | None:
     if not path.exists():
         return None
     try:
-        with np.load(path, allow_pickle=False) as data:
+        with path.open("rb") as file, np.load(file, allow_pickle=False) as data:
             saved = bytes(data[_LAYOUT_ENTRY]).decode()
             residual = {k: np.asarray(data[k], np.float64) for k in data.files}
     except (OSError, ValueError, KeyError, UnicodeDecodeError, zipfile.BadZipFile) as exc:

@@ -266,7 +266,7 @@ def _pick(where: str, available: Mapping[str, _T], wanted: Sequence[str]) -> dic
 
 
 def _read_npz(info: RecordInfo, wanted: Sequence[str]) -> tuple[_Signals, float | None]:
-    with np.load(info.path, allow_pickle=False) as data:
+    with info.path.open("rb") as file, np.load(file, allow_pickle=False) as data:
         present = {name: data[name] for name in data.files if name in wanted}
         names = list(data.files)
     absent = [c for c in wanted if c not in present]
