@@ -44,7 +44,7 @@ from bench.bench_round_overhead import (
 )
 from fedpm.demo import app_dir
 from fedpm.federation import LocalFederation
-from fedpm.procs import Child, ProcessGroup
+from fedpm.procs import Child, ProcessGroup, group_processes
 
 SITES = 4
 VICTIM = "site-3"
@@ -52,20 +52,8 @@ KILL_ROUND = 2
 
 
 def clientapp_pids(pgid: int) -> list[int]:
-    """``flwr-clientapp`` processes in process group ``pgid`` (Linux ``/proc``)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        # fields after the ")" that ends the command name: state ppid pgrp ...
-        if int(stat[stat.rfind(")") + 2 :].split()[2]) == pgid and b"flwr-clientapp" in cmdline:
-            pids.append(int(entry.name))
-    return pids
+    """``flwr-clientapp`` processes in process group ``pgid``."""
+    return group_processes(pgid, b"flwr-clientapp")
 
 
 class MidRoundKiller:

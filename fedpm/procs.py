@@ -134,3 +134,24 @@ def terminate(
         except subprocess.TimeoutExpired:
             proc.kill()
     return proc.wait()
+
+
+def group_processes(pgid: int, command: bytes) -> list[int]:
+    """Pids in process group ``pgid`` whose command line contains ``command`` (Linux ``/proc``).
+
+    A SuperNode starts its ``flwr-clientapp`` processes in its own group: this finds them, to
+    kill a site in the middle of its work in the fault tests and benches.
+    """
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        # fields after the ")" that ends the command name: state ppid pgrp ...
+        if int(stat[stat.rfind(")") + 2 :].split()[2]) == pgid and command in cmdline:
+            pids.append(int(entry.name))
+    return pids

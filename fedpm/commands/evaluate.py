@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fedpm.commands.options import add_filter, add_json, add_manifest
+from fedpm.commands.options import add_filter, add_json, add_manifest, add_model
 
 if TYPE_CHECKING:
     from models.metadata import ModelMetadata
@@ -30,19 +30,9 @@ HELP = "score a model on every record of a manifest (accuracy, confusion matrix,
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``eval`` options to ``parser``."""
-    parser.add_argument(
-        "--model", type=Path, required=True, help="model.onnx, or a registry folder"
-    )
-    parser.add_argument(
-        "--version", type=int, default=None, help="registry version (default: newest valid)"
-    )
+    add_model(parser, "model.onnx")
     add_manifest(parser, "dataset manifest")
     add_filter(parser)
-    parser.add_argument(
-        "--channels",
-        default=None,
-        help="record channels fed to the model (default: those it was trained on, else de)",
-    )
     parser.add_argument(
         "--start-fraction",
         type=float,

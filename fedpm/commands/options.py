@@ -26,3 +26,16 @@ def add_filter(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> Non
 def add_json(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """``--json PATH``: the command's machine-readable result."""
     parser.add_argument("--json", type=Path, default=None, help="write the result as JSON here")
+
+
+def add_model(parser: argparse.ArgumentParser | argparse._ArgumentGroup, what: str) -> None:
+    """``--model PATH`` (a model file or registry folder), ``--version N`` and ``--channels``."""
+    parser.add_argument("--model", type=Path, required=True, help=f"{what}, or a registry folder")
+    parser.add_argument(
+        "--version", type=int, default=None, help="registry version (default: newest valid)"
+    )
+    parser.add_argument(
+        "--channels",
+        default=None,
+        help="record channels fed to the model (default: those it was trained on, else de)",
+    )

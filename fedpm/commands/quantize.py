@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fedpm.commands.options import add_filter, add_json, add_manifest
+from fedpm.commands.options import add_filter, add_json, add_manifest, add_model
 
 NAME = "quantize"
 HELP = "make an int8 / w4a8 edge copy of a model, calibrated and checked on a manifest"
@@ -29,19 +29,9 @@ EXIT_TOO_LOSSY = 3
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``quantize`` options to ``parser``."""
-    parser.add_argument(
-        "--model", type=Path, required=True, help="float32 model.onnx, or a registry folder"
-    )
-    parser.add_argument(
-        "--version", type=int, default=None, help="registry version (default: newest valid)"
-    )
+    add_model(parser, "float32 model.onnx")
     add_manifest(parser, "manifest of the records to calibrate and check on")
     add_filter(parser)
-    parser.add_argument(
-        "--channels",
-        default=None,
-        help="record channels fed to the model (default: those it was trained on, else de)",
-    )
     parser.add_argument(
         "--precision",
         choices=("w4a8", "int8"),

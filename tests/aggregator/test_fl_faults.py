@@ -16,7 +16,7 @@ import pytest
 from aggregator.checkpoint import CheckpointStore
 from fedpm.demo import app_dir
 from fedpm.federation import LocalFederation, SiteNode
-from fedpm.procs import Child, ProcessGroup
+from fedpm.procs import Child, ProcessGroup, group_processes
 from fedpm.seed_store import seed_store
 from models.registry import FileRegistry
 from models.simulator import MachineProfile
@@ -30,17 +30,7 @@ MODES = ("normal", "inner_race", "outer_race", "ball")
 
 def _clientapp_running(pgid: int) -> bool:
     """Whether a ``flwr-clientapp`` process runs in process group ``pgid``."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if int(stat[stat.rfind(")") + 2 :].split()[2]) == pgid and b"flwr-clientapp" in cmdline:
-            return True
-    return False
+    return bool(group_processes(pgid, b"flwr-clientapp"))
 
 
 def _kill_when_training(victim: Child, killed: threading.Event) -> None:
