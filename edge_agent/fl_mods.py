@@ -17,9 +17,7 @@ layout, is logged and dropped: it only ever holds less than half a quantisation 
 
 from __future__ import annotations
 
-import io
 import logging
-import os
 import zipfile
 from pathlib import Path
 
@@ -29,7 +27,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, Message
 from flwr.clientapp.typing import ClientAppCallable
 
 from models.compression import CODEC, encode_update, layout_fingerprint
-from models.durable import fsync_dir, write_synced
+from models.durable import replace_npz
 from models.fl_config import RunConfig
 
 logger = logging.getLogger(__name__)
@@ -78,17 +76,10 @@ def load_residual(path: Path, layout: str) -> Residual | None:
 
 def save_residual(path: Path, residual: Residual, layout: str) -> None:
     """Write ``residual`` atomically to ``path``; remove other runs' residuals and leftovers."""
-    buffer = io.BytesIO()
     entries: dict[str, npt.NDArray[np.generic]] = dict(residual)
     entries[_LAYOUT_ENTRY] = np.frombuffer(layout.encode(), np.uint8)
-    np.savez(buffer, allow_pickle=False, **entries)
-    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write_synced(staging, buffer.getvalue())
-    os.replace(staging, path)
-    for old in [*path.parent.glob(RESIDUAL_GLOB), *path.parent.glob(STAGING_GLOB)]:
-        if old != path:  # other runs' residuals, and staging files a crash left behind
-            old.unlink(missing_ok=True)
-    fsync_dir(path.parent)
+    # other runs' residuals, and staging files a crash left behind, go
+    replace_npz(path, entries, (RESIDUAL_GLOB, STAGING_GLOB))
 
 
 def _numpy(record: ArrayRecord) -> dict[str, npt.NDArray[np.generic]]:

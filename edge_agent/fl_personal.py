@@ -35,10 +35,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import io
 import json
 import logging
-import os
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
@@ -51,7 +49,7 @@ from flwr.app import Context
 from torch import nn
 from torch.nn import functional
 
-from models.durable import fsync_dir, write_synced
+from models.durable import replace_npz
 from models.fl_config import RunConfig
 from models.network import WDCNN
 from models.training import EvalResult, FitResult, evaluate, recalibrate_norm_statistics
@@ -187,15 +185,8 @@ def save_personal(path: Path, state: PersonalState) -> None:
     }
     entries: dict[str, npt.NDArray[np.generic]] = dict(state.arrays)
     entries[_META_ENTRY] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
-    buffer = io.BytesIO()
-    np.savez(buffer, allow_pickle=False, **entries)
-    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write_synced(staging, buffer.getvalue())
-    os.replace(staging, path)
-    for old in [*path.parent.glob(PERSONAL_GLOB), *path.parent.glob(STAGING_GLOB)]:
-        if old != path:  # other runs' states, and staging files a crash left behind
-            old.unlink(missing_ok=True)
-    fsync_dir(path.parent)
+    # other runs' states, and staging files a crash left behind, go
+    replace_npz(path, entries, (PERSONAL_GLOB, STAGING_GLOB))
 
 
 def extract_personal(net: nn.Module, mode: str) -> Arrays:

@@ -9,7 +9,11 @@ files use this pair.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
 
 
 def fsync_dir(path: Path) -> None:
@@ -27,3 +31,25 @@ def write_synced(path: Path, data: bytes) -> None:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def replace_npz(
+    path: Path, arrays: Mapping[str, npt.NDArray[np.generic]], stale: Sequence[str] = ()
+) -> None:
+    """Write ``arrays`` as an ``.npz`` at ``path`` atomically (staged, synced, renamed).
+
+    Files beside it matching a glob of ``stale`` (other runs' files, staging files a crash left
+    behind) are removed after the rename; ``path`` itself never is.
+    """
+    import io
+
+    buffer = io.BytesIO()
+    np.savez(buffer, allow_pickle=False, **arrays)
+    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write_synced(staging, buffer.getvalue())
+    os.replace(staging, path)
+    for pattern in stale:
+        for old in path.parent.glob(pattern):
+            if old != path:
+                old.unlink(missing_ok=True)
+    fsync_dir(path.parent)
