@@ -11,7 +11,7 @@ column            required  meaning
                             ``...+01:00``) or integer UNIX nanoseconds
 ``end``           yes       span end, same forms, after ``start``
 ``label``         one of    the FedPM class (``normal``, ``inner_race``, ...)
-``failure_code``  the two   a CMMS failure code, mapped to a class (:mod:`.failure_codes`, plus
+``failure_code``  the two   a CMMS failure code mapped to a class (``models.failure_codes``, plus
                             the caller's own codes); ``label`` wins when a row has both
 ``sensor_id``     no        one sensor of the asset; empty: every sensor
 ``source``        no        who says so (default ``csv``), at most 64 characters
@@ -48,9 +48,9 @@ from typing import Final
 from pydantic import ValidationError
 
 from edge_agent.errors import EdgeAgentError
-from edge_agent.failure_codes import resolve_failure_code
 from edge_agent.messages import LabelEvent
 from edge_agent.store import LocalStore
+from models.failure_codes import resolve_failure_code
 
 COLUMNS: Final = ("asset_id", "start", "end", "label", "failure_code", "sensor_id", "source")
 REQUIRED: Final = ("asset_id", "start", "end")

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edge_agent.errors import MessageRejected
-from edge_agent.failure_codes import resolve_failure_code
+from models.failure_codes import resolve_failure_code
 
 ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 MAX_LABEL_BYTES = 4096
@@ -29,7 +29,7 @@ class LabelEvent(BaseModel):
     Published on ``fedpm/v1/{site}/{asset}/labels``; ``sensor_id`` absent means every sensor
     of the asset. ``start_ns`` and ``end_ns`` are UNIX ns, ``start_ns < end_ns``. A work-order
     closure may give a CMMS ``failure_code`` instead of ``label``: the label is then the class
-    the code stands for (:mod:`edge_agent.failure_codes`); an unknown code is refused. When
+    the code stands for (:mod:`models.failure_codes`); an unknown code is refused. When
     both are given, ``label`` is used and the code kept for the record.
     """
 

@@ -1,9 +1,12 @@
 """CMMS failure codes and the FedPM classes they label windows with.
 
 A work order closed with a failure code says what was wrong with the asset over its span; the
-agent turns it into a label of the class the code stands for. :data:`DEFAULT_FAILURE_CODES` is a
-small documented default (codes are matched case-insensitively, after trimming); a site adds or
-overrides codes with its own mapping (``fedpm edge-labels import --map CODE=CLASS``).
+edge agent (``fedpm edge-labels import``) and the serving API (a closed maintenance request,
+docs/erp-integration.md) turn it into a label of the class the code stands for. It lives in
+``models`` because both roles use it and neither may import the other.
+:data:`DEFAULT_FAILURE_CODES` is a small documented default (codes are matched
+case-insensitively, after trimming); a site adds or overrides codes with its own mapping
+(``fedpm edge-labels import --map CODE=CLASS``).
 
 =================================================  ==============
 code                                               FedPM class
