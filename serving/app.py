@@ -5,6 +5,8 @@ Routes (operation ids in brackets stay stable for generated clients)::
     POST /v1/predictions           [create_predictions]  classify windows of raw acceleration
     POST /v1/predictions/binary    [create_predictions_binary]  the same, raw float32 body
     GET  /v1/models/current        [get_current_model]   the served model's public card
+    GET  /v1/models                [list_models]         registry versions, newest first, paged
+    GET  /v1/models/{version}      [get_model]           one version's public card
     PUT  /v1/assets/{asset_id}     [put_asset]           register or update an asset
     GET  /v1/assets/{asset_id}     [get_asset]           one asset
     GET  /v1/assets                [list_assets]         the assets the key can see
@@ -41,7 +43,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from models.registry import FileRegistry
 from models.signing import load_public_key
-from serving import assets_api, baselines_api
+from serving import assets_api, baselines_api, models_api
 from serving.auth import AUTH_ERRORS, KeyDep, RateLimiter, check_site, require
 from serving.errors import InvalidInputError, ModelNotLoadedError
 from serving.explain import explain, load_baseline
@@ -444,9 +446,15 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     app.include_router(router)
     app.include_router(assets_api.router)
     app.include_router(baselines_api.router)
+    app.include_router(models_api.router)  # after router: /v1/models/current wins
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     # outermost, so answers of the body-size limit (413) are counted too
-    routes = [*router.routes, *assets_api.router.routes, *baselines_api.router.routes]
+    routes = [
+        *router.routes,
+        *assets_api.router.routes,
+        *baselines_api.router.routes,
+        *models_api.router.routes,
+    ]
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=routes)
     return app
