@@ -14,6 +14,7 @@ from pydantic import AllowInfNan, BaseModel, ConfigDict, Field, Strict, field_va
 
 from models.bearing import get_bearing
 from models.errors import SignalError
+from serving.adapters import EXTERNAL_ID_KEYS
 from serving.auth import AUTH_ERRORS, KeyDep, check_site, require
 from serving.routing import JsonBodyRoute
 from serving.schemas import ErrorResponse
@@ -63,6 +64,26 @@ class AssetIn(BaseModel):
         default=None, gt=0, le=200_000, description="Nominal shaft speed, rev/min."
     )
     description: str = Field(default="", max_length=500)
+    external_ids: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=len(EXTERNAL_ID_KEYS),
+        description="The asset's keys in other systems, for webhook payloads and labels: "
+        "sap_equipment or sap_functional_location, sap_plant, maximo_assetnum, maximo_siteid, "
+        "maximo_location, edge_asset_id (docs/erp-integration.md).",
+    )
+
+    @field_validator("external_ids")
+    @classmethod
+    def _known_external_ids(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(value) - EXTERNAL_ID_KEYS)
+        if unknown:
+            raise ValueError(
+                f"unknown keys {unknown}; known: {', '.join(sorted(EXTERNAL_ID_KEYS))}"
+            )
+        for key, text in value.items():
+            if not 1 <= len(text) <= 100 or not text.isprintable():
+                raise ValueError(f"{key} must be 1-100 printable characters")
+        return value
 
     @field_validator("bearing")
     @classmethod
@@ -95,6 +116,7 @@ class AssetOut(AssetIn):
             bearing=asset.bearing,
             nominal_rpm=asset.nominal_rpm,
             description=asset.description,
+            external_ids=dict(asset.attributes),
             created_at=asset.created_at,
             updated_at=asset.updated_at,
         )
@@ -169,6 +191,7 @@ def put_asset(
             bearing=body.bearing,
             nominal_rpm=body.nominal_rpm,
             description=body.description,
+            attributes=dict(body.external_ids),
         )
     )
     if old is None:

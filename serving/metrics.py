@@ -8,6 +8,10 @@
   ``not_found``, ``rate_limited``, ``too_large``, ``invalid_input``, ``no_model``,
   ``server_error``, ``other``);
 - ``fedpm_serving_windows_total``: windows predicted;
+- ``fedpm_serving_outbox_rows{status}`` (pending, delivered, dead: the dead-letter list),
+  ``fedpm_serving_webhook_deliveries_total{outcome}`` (delivered, retry, dead),
+  ``fedpm_serving_maintenance_requests_total`` and ``fedpm_serving_rule_errors_total``
+  (docs/erp-integration.md);
 - ``fedpm_serving_model_info{version, sha256}`` (1 for the model now served),
   ``fedpm_serving_model_loaded`` (0 or 1), ``fedpm_serving_model_swaps_total`` and
   ``fedpm_serving_models_refused_total`` (versions refused by ``serving.lifecycle``).
@@ -79,6 +83,29 @@ class ServingMetrics:
         self.model_loaded = Gauge(
             "fedpm_serving_model_loaded",
             "1 while a verified model is loaded",
+            registry=self.registry,
+        )
+        # ERP/CMMS integration (serving.delivery, serving.integration)
+        self.outbox_rows = Gauge(
+            "fedpm_serving_outbox_rows",
+            "Webhook outbox rows by status (pending, delivered, dead)",
+            ["status"],
+            registry=self.registry,
+        )
+        self.deliveries = Counter(
+            "fedpm_serving_webhook_deliveries",
+            "Webhook delivery attempts by outcome (delivered, retry, dead)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.maintenance_requests = Counter(
+            "fedpm_serving_maintenance_requests",
+            "Maintenance requests opened by rules",
+            registry=self.registry,
+        )
+        self.rule_errors = Counter(
+            "fedpm_serving_rule_errors",
+            "Predictions whose rules could not be evaluated or stored",
             registry=self.registry,
         )
 

@@ -45,6 +45,18 @@ class ServeSettings(BaseSettings):
     model_verify_key
         Ed25519 public key (PEM) every served model's card signature must verify against;
         None serves unsigned models (sha256 is always checked).
+    delivery_enabled
+        Run the webhook delivery worker in this process (docs/erp-integration.md).
+    delivery_timeout_s
+        Seconds one webhook POST may take, connecting included.
+    delivery_backoff_base_s, delivery_backoff_cap_s
+        Retry ``n`` waits ``min(cap, base * 2**(n-1))`` times a random factor in [0.5, 1].
+    delivery_max_attempts, delivery_max_age_s
+        A delivery is dead-lettered after this many attempts, or this long after it was queued.
+    delivery_poll_s
+        Seconds between looks at the outbox when it is idle (a new request wakes it at once).
+    delivery_lease_s
+        How long a claimed outbox row is held by this process before another may take it.
     """
 
     model_config = SettingsConfigDict(env_prefix="FEDPM_SERVE_", extra="ignore", frozen=True)
@@ -61,6 +73,14 @@ class ServeSettings(BaseSettings):
     rate_limit_per_minute: int = Field(default=6000, ge=0, le=10_000_000)
     model_poll_s: float = Field(default=10.0, ge=0, le=86_400)
     model_verify_key: Path | None = None
+    delivery_enabled: bool = True
+    delivery_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    delivery_backoff_base_s: float = Field(default=2.0, gt=0, le=3600)
+    delivery_backoff_cap_s: float = Field(default=600.0, gt=0, le=86_400)
+    delivery_max_attempts: int = Field(default=12, ge=1, le=1000)
+    delivery_max_age_s: float = Field(default=3 * 86_400.0, gt=0, le=90 * 86_400)
+    delivery_poll_s: float = Field(default=1.0, gt=0, le=3600)
+    delivery_lease_s: float = Field(default=60.0, gt=0, le=3600)
 
 
 @lru_cache
