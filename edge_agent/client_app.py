@@ -95,7 +95,7 @@ def train_handler(msg: Message, context: Context) -> Message:
         data.y[train_idx],
         epochs=cfg.local_epochs,
         batch_size=cfg.batch_size,
-        learning_rate=cfg.learning_rate,
+        learning_rate=cfg.round_learning_rate(server_round),
         seed=cfg.seed + server_round * 1000 + _site_seed(context),
         proximal_mu=proximal_mu,
     )

@@ -43,6 +43,7 @@ _RUN_OPTIONS = {
     "min_sites": "min-sites",
     "fraction_train": "fraction-train",
     "learning_rate": "learning-rate",
+    "round_lr_schedule": "round-lr-schedule",
     "batch_size": "batch-size",
     "proximal_mu": "proximal-mu",
     "compression": "update-compression",
@@ -75,6 +76,11 @@ def _training_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--min-sites", type=int, default=None, help="sites a round needs")
     g.add_argument("--fraction-train", type=float, default=None, help="share of sites sampled")
     g.add_argument("--learning-rate", type=float, default=None, help="local Adam step")
+    g.add_argument(
+        "--round-lr-schedule",
+        default=None,
+        help="the local step over the rounds: constant, or cosine (decays to lr-floor)",
+    )
     g.add_argument("--batch-size", type=int, default=None, help="local batch size")
     g.add_argument("--proximal-mu", type=float, default=None, help="FedProx's proximal weight")
     g.add_argument("--compression", default=None, help="update codec: none or int8")

@@ -30,6 +30,8 @@ STRATEGIES = (
 )
 # ``personalisation`` modes of the ClientApp (edge_agent.fl_personal, docs/federated-training.md)
 PERSONALISATIONS = ("none", "local-bn", "local-head")
+# ``round-lr-schedule``: the sites' learning rate across rounds (RunConfig.round_learning_rate)
+ROUND_LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,10 @@ class RunConfig:
     local_epochs: int = 2
     batch_size: int = 32
     learning_rate: float = 1e-3
+    # the local step across rounds: constant, or cosine from learning-rate in round 1 down to
+    # learning-rate * lr-floor in the last round (round_learning_rate)
+    round_lr_schedule: str = "constant"
+    lr_floor: float = 0.05
     min_sites: int = 2
     fraction_train: float = 1.0
     registry_dir: str = "var/registry"
@@ -88,6 +94,13 @@ class RunConfig:
             raise SignalError("num-server-rounds, local-epochs >= 1 and batch-size >= 2")
         if not 0 < self.learning_rate < 1:
             raise SignalError(f"learning-rate must be in (0, 1), got {self.learning_rate}")
+        if self.round_lr_schedule not in ROUND_LR_SCHEDULES:
+            raise SignalError(
+                f"round-lr-schedule must be one of {', '.join(ROUND_LR_SCHEDULES)}, "
+                f"got {self.round_lr_schedule!r}"
+            )
+        if not 0 < self.lr_floor <= 1:
+            raise SignalError(f"lr-floor must be in (0, 1], got {self.lr_floor}")
         if self.min_sites < 1 or not 0 < self.fraction_train <= 1:
             raise SignalError("min-sites >= 1 and fraction-train in (0, 1]")
         if not 0 < self.eval_fraction < 1:
@@ -205,6 +218,26 @@ class RunConfig:
             raise SignalError(f"data-partition: {exc}") from exc
         if not self.data_channel:
             raise SignalError("data-channel must name a manifest channel, e.g. de")
+
+    def round_learning_rate(self, server_round: int) -> float:
+        """The local Adam step of (absolute) ``server_round`` under ``round-lr-schedule``.
+
+        ``cosine``: ``lr * (f + (1 - f) * (1 + cos(pi * (r - 1) / (R - 1))) / 2)`` with
+        ``f = lr-floor`` and ``R = num-server-rounds``: ``learning-rate`` in round 1, ``f`` times
+        it in round R, rounds past R (a run extended on resume) at the floor. Sites restart
+        Adam every round, so a constant step keeps the global model jittering around the
+        optimum once the sites' updates disagree (non-identical data); decaying it lets the
+        rounds settle (docs/federated-benchmarks.md, rounds to accuracy).
+
+        >>> cfg = RunConfig(num_server_rounds=3, round_lr_schedule="cosine", lr_floor=0.1)
+        >>> [round(cfg.round_learning_rate(r) * 1e3, 3) for r in (1, 2, 3)]
+        [1.0, 0.55, 0.1]
+        """
+        if self.round_lr_schedule == "constant" or self.num_server_rounds == 1:
+            return self.learning_rate
+        progress = min(1.0, max(0.0, (server_round - 1) / (self.num_server_rounds - 1)))
+        cosine = (1.0 + math.cos(math.pi * progress)) / 2.0
+        return self.learning_rate * (self.lr_floor + (1.0 - self.lr_floor) * cosine)
 
     @property
     def network(self) -> NetworkConfig:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -335,3 +336,32 @@ def test_run_config_rejects_impossible_runs_up_front(raw: dict[str, object]) -> 
     # Execute / Assert: refused when parsed, not rounds later at export
     with pytest.raises(SignalError):
         RunConfig.from_run_config(raw)
+
+
+def test_cosine_round_schedule_decays_from_the_step_to_its_floor() -> None:
+    # Prepare
+    cfg = RunConfig.from_run_config(
+        {"num-server-rounds": 30, "round-lr-schedule": "cosine", "lr-floor": "0.05"}
+    )
+
+    # Execute
+    steps = [cfg.round_learning_rate(r) for r in range(1, 32)]
+
+    # Assert: the configured step first, the floor last, never rising, the floor after the end
+    assert steps[0] == pytest.approx(cfg.learning_rate)
+    assert steps[29] == pytest.approx(0.05 * cfg.learning_rate)
+    assert all(a >= b for a, b in itertools.pairwise(steps))
+    assert steps[30] == pytest.approx(steps[29])
+
+
+def test_constant_round_schedule_keeps_the_step() -> None:
+    cfg = RunConfig(num_server_rounds=10)
+    assert {cfg.round_learning_rate(r) for r in range(1, 11)} == {cfg.learning_rate}
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("round-lr-schedule", "step"), ("lr-floor", "0"), ("lr-floor", "1.5")]
+)
+def test_run_config_refuses_a_bad_round_schedule(key: str, value: str) -> None:
+    with pytest.raises(SignalError, match=key):
+        RunConfig.from_run_config({key: value})
