@@ -48,7 +48,7 @@ class BaselineRequest(PredictionRequest):
 
     false_alarm_rate: float = Field(
         default=0.01,
-        gt=0,
+        ge=1e-6,  # smaller rates need more windows than a float can count (min_windows)
         lt=0.5,
         description="Share of healthy windows allowed to score above the threshold; it sets "
         "how many windows are needed (329 at 0.01, 62 at 0.05).",
