@@ -56,7 +56,7 @@ class DeliveryPolicy:
     timeout_s: float = 10.0
     backoff_base_s: float = 2.0
     backoff_cap_s: float = 600.0
-    max_attempts: int = 12
+    max_attempts: int = 1000
     max_age_s: float = 3 * 86_400.0
     lease_s: float = 60.0
     poll_s: float = 1.0

@@ -77,7 +77,7 @@ class ServeSettings(BaseSettings):
     delivery_timeout_s: float = Field(default=10.0, gt=0, le=300)
     delivery_backoff_base_s: float = Field(default=2.0, gt=0, le=3600)
     delivery_backoff_cap_s: float = Field(default=600.0, gt=0, le=86_400)
-    delivery_max_attempts: int = Field(default=12, ge=1, le=1000)
+    delivery_max_attempts: int = Field(default=1000, ge=1, le=100_000)
     delivery_max_age_s: float = Field(default=3 * 86_400.0, gt=0, le=90 * 86_400)
     delivery_poll_s: float = Field(default=1.0, gt=0, le=3600)
     delivery_lease_s: float = Field(default=60.0, gt=0, le=3600)
