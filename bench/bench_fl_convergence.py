@@ -39,6 +39,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -117,18 +118,16 @@ def centralised(cfg: RunConfig, epochs: int, seeds: list[int]) -> tuple[list[flo
     return accs, held_out
 
 
-def federated(
-    manifest: Path,
-    held_out: Path,
-    strategy: str,
-    partition: str,
-    schedule: str,
-    rounds: int,
-    local_epochs: int,
-    work: Path,
-) -> FedRun:
-    """One ``fedpm fl simulate`` run; the server's held-out accuracy per round."""
-    name = f"{strategy}-{schedule}-{partition.replace(':', '-')}"
+def simulate(
+    name: str, work: Path, manifest: Path, held_out: Path, sites: int, options: list[str]
+) -> tuple[list[float], float, dict[str, Any]]:
+    """One ``fedpm fl simulate`` run on ``sites`` virtual sites scoring ``held_out`` each round.
+
+    ``options`` are further ``fedpm fl simulate`` options (``--partition``, ``--strategy``,
+    ``--config KEY=VALUE``, ``--app``...). Returns the held-out accuracy of the global model
+    per round, the wall time, and the run's record (``--json``). Shared with
+    ``bench.bench_fl_poison_sim``.
+    """
     out = work / f"{name}.json"
     argv = [
         sys.executable,
@@ -137,21 +136,11 @@ def federated(
         "fl",
         "simulate",
         "--sites",
-        "4",
-        "--partition",
-        partition,
+        str(sites),
+        "--min-sites",
+        str(sites),
         "--manifest",
         str(manifest),
-        "--strategy",
-        strategy,
-        "--rounds",
-        str(rounds),
-        "--local-epochs",
-        str(local_epochs),
-        "--round-lr-schedule",
-        schedule,
-        "--min-sites",
-        "4",
         "--run-name",
         name,
         "--runs-dir",
@@ -165,7 +154,8 @@ def federated(
         "--config",
         f"server-eval-npz='{held_out}'",
         "--timeout-s",
-        str(max(1800, rounds * 120)),
+        "3600",
+        *options,
     ]
     t0 = time.perf_counter()
     proc = subprocess.run(argv, capture_output=True, text=True, check=False)
@@ -173,13 +163,31 @@ def federated(
     if proc.returncode != 0:
         sys.stdout.write(proc.stdout[-4000:] + proc.stderr[-4000:])
         raise RuntimeError(f"{name}: fedpm fl simulate exited {proc.returncode}")
-    record = json.loads(out.read_text(encoding="utf-8"))
+    record: dict[str, Any] = json.loads(out.read_text(encoding="utf-8"))
     accuracy = []
     for row in record["rounds"]:
         value = row.get("metrics", {}).get("server-eval-accuracy")
         if value is None:
             raise RuntimeError(f"{name}: round {row.get('round')} has no server-eval-accuracy")
         accuracy.append(float(value))
+    return accuracy, seconds, record
+
+
+def federated(
+    manifest: Path,
+    held_out: Path,
+    strategy: str,
+    partition: str,
+    schedule: str,
+    rounds: int,
+    local_epochs: int,
+    work: Path,
+) -> FedRun:
+    """One run on 4 virtual sites; the server's held-out accuracy per round."""
+    name = f"{strategy}-{schedule}-{partition.replace(':', '-')}"
+    options = ["--partition", partition, "--strategy", strategy, "--rounds", str(rounds)]
+    options += ["--local-epochs", str(local_epochs), "--round-lr-schedule", schedule]
+    accuracy, seconds, _ = simulate(name, work, manifest, held_out, 4, options)
     return FedRun(strategy, partition, schedule, accuracy, seconds)
 
 

@@ -122,7 +122,13 @@ def attack_app(work: Path) -> Path:
     flwr = flwr.replace(
         'clientapp = "edge_agent.client_app:app"', 'clientapp = "bench.fl_attack:app"'
     ).replace('"aggregator/**/*.py"]', '"aggregator/**/*.py", "bench/fl_attack.py"]')
-    if "bench.fl_attack:app" not in flwr or "bench/fl_attack.py" not in flwr:
+    # the simulation's attacker is named in the run config (bench.fl_attack.attack_of)
+    flwr = flwr.replace(
+        "[tool.flwr.app.config]\n",
+        '[tool.flwr.app.config]\nattack = ""\nattack-partition = -1\n',
+    )
+    needed = ("bench.fl_attack:app", "bench/fl_attack.py", "attack-partition")
+    if not all(s in flwr for s in needed):
         raise RuntimeError("pyproject.toml's [tool.flwr.app] changed shape; update attack_app()")
     (dst / "pyproject.toml").write_text(
         '[project]\nname = "fedpm-attack-bench"\nversion = "0.1.0"\n'

@@ -3,7 +3,9 @@
 Bench code only, never shipped in the product's FAB: ``bench.bench_fl_poison`` builds a
 separate Flower app folder whose ``pyproject.toml`` names ``bench.fl_attack:app`` as its
 ``clientapp``. Every SuperNode of such a run runs this app; only a SuperNode started with
-``--node-config "attack='signflip:10' ..."`` poisons, the others behave exactly like the
+``--node-config "attack='signflip:10' ..."`` poisons (on the Simulation Engine: the virtual site
+whose ``partition-id`` is the run config's ``attack-partition``, with the run config's
+``attack``), the others behave exactly like the
 production ClientApp (``edge_agent.client_app.app``, its own mods included), which handles
 every message.
 
@@ -33,6 +35,7 @@ from edge_agent.client_app import app as production
 logger = logging.getLogger(__name__)
 
 ATTACK_KEY = "attack"
+ATTACK_PARTITION_KEY = "attack-partition"  # simulation: the virtual site that attacks
 ARRAYS_KEY = "arrays"
 ATTACKS = ("signflip", "scale")
 
@@ -69,9 +72,28 @@ def poison(
     return out
 
 
+def attack_of(context: Context) -> str:
+    """This node's attack: its node config's ``attack``, or on Flower's Simulation Engine the
+    run config's ``attack`` when the node's ``partition-id`` is the run's ``attack-partition``.
+
+    >>> from flwr.app import RecordDict
+    >>> ctx = Context(1, 1, {"partition-id": 4}, RecordDict(),
+    ...               {"attack": "scale:3", "attack-partition": 4})
+    >>> attack_of(ctx)
+    'scale:3'
+    """
+    spec = str(context.node_config.get(ATTACK_KEY, ""))
+    if spec or "partition-id" not in context.node_config:
+        return spec
+    target = int(str(context.run_config.get(ATTACK_PARTITION_KEY, -1)))
+    if int(str(context.node_config["partition-id"])) != target:
+        return ""
+    return str(context.run_config.get(ATTACK_KEY, ""))
+
+
 def poison_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Run the handler honestly, then poison its train reply when this node is the attacker."""
-    spec = str(context.node_config.get(ATTACK_KEY, ""))
+    spec = attack_of(context)
     if msg.metadata.message_type != MessageType.TRAIN or not spec:
         return call_next(msg, context)
     kind, k = parse_attack(spec)
