@@ -280,7 +280,10 @@ class SqliteIntegrationMixin:
     ) -> list[MaintenanceRequest]:
         """Run the tenant's rules over an asset's new windows, in one transaction."""
         touched: dict[str, MaintenanceRequest] = {}
-        if not observations:
+        watching = self._query(
+            "SELECT 1 FROM rules WHERE tenant = ? AND enabled = 1 LIMIT 1", (tenant,)
+        )
+        if not observations or not watching:  # no write lock for tenants without rules
             return []
         with self._tx() as conn:
             rules = [
