@@ -27,8 +27,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from datetime import datetime
 from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated, Any
@@ -40,6 +42,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import AwareDatetime
 
 from models.registry import FileRegistry
 from models.signing import load_public_key
@@ -47,6 +50,7 @@ from serving import assets_api, baselines_api, models_api
 from serving.auth import AUTH_ERRORS, KeyDep, RateLimiter, check_site, require
 from serving.errors import InvalidInputError, ModelNotLoadedError
 from serving.explain import explain, load_baseline
+from serving.health import measurement_time, track
 from serving.inputs import Windows, stack_windows, to_units
 from serving.lifecycle import RegistryWatcher
 from serving.metrics import MetricsMiddleware, ServingMetrics
@@ -130,12 +134,18 @@ def _predict(
     units: str,
     asset_id: str | None,
     contiguous: bool,
+    measured_at: datetime | None,
     predictor: Predictor,
     settings: ServeSettings,
     store: StateStore,
     key: ApiKey,
 ) -> PredictionResponse:
     """Predict (and explain, for an asset): the part shared by the JSON and binary routes."""
+    received_at = time.time()
+    try:
+        measured = measurement_time(measured_at, received_at)
+    except InvalidInputError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
     asset = None
     if asset_id is not None:
         asset = store.get_asset(key.tenant, asset_id)
@@ -177,7 +187,8 @@ def _predict(
         note,
         contiguous=contiguous,
     )
-    return PredictionResponse.from_result(result, asset_id, (asset, found))
+    rul = track(store, key.tenant, asset.asset_id, windows_g, sample_rate_hz, measured, received_at)
+    return PredictionResponse.from_result(result, asset_id, (asset, found), rul)
 
 
 @router.post(
@@ -208,6 +219,7 @@ def create_predictions(
         payload.units,
         payload.asset_id,
         payload.contiguous,
+        payload.measured_at,
         predictor,
         settings,
         store,
@@ -248,6 +260,10 @@ async def create_predictions_binary(
     units: Annotated[Units, Query()] = "g",
     asset_id: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
     contiguous: bool = False,
+    measured_at: Annotated[
+        AwareDatetime | None,
+        Query(description="When the windows were measured (ISO 8601 with a time zone)."),
+    ] = None,
 ) -> PredictionResponse:
     """Like ``create_predictions``, with the samples as a compact binary body.
 
@@ -281,6 +297,7 @@ async def create_predictions_binary(
             units,
             asset_id,
             contiguous,
+            measured_at,
             predictor,
             settings,
             store,

@@ -5,6 +5,9 @@ the served model on them and fits ``models.anomaly.AnomalyBaseline`` on their em
 and shrunk covariance on the earlier 70 %, threshold from the later 30 % at the chosen
 false-alarm rate). The baseline belongs to the model that fitted it: after a model update,
 predictions say so and give no anomaly score until it is fitted again.
+The same windows, one point each, also fit the asset's health-indicator baseline
+(:func:`serving.health.fit_from_windows`), which belongs to no model and survives model
+updates; it replaces one fitted from the asset's first history points.
 ``GET /v1/baselines/{asset_id}`` (``get_baseline``) describes it.
 """
 
@@ -18,10 +21,13 @@ from fastapi import APIRouter, Depends, HTTPException, Request, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from models.anomaly import AnomalyBaseline, min_windows
-from models.errors import AnomalyError
+from models.errors import AnomalyError, SignalError
 from serving.assets_api import StoreDep, visible_asset
 from serving.auth import AUTH_ERRORS, KeyDep, require
 from serving.errors import InvalidInputError, ModelNotLoadedError
+from serving.health import baseline_from_json, fit_from_windows, measurement_time
+from serving.history import StoredHealthBaseline
+from serving.inputs import stack_windows, to_units
 from serving.predictor import Predictor
 from serving.routing import JsonBodyRoute
 from serving.schemas import ErrorResponse, PredictionRequest
@@ -68,9 +74,22 @@ class BaselineOut(BaseModel):
     false_alarm_rate: float
     threshold: float = Field(description="Anomaly scores above it are anomalous.")
     fitted_at: float = Field(description="Unix time, s.")
+    health_points: int | None = Field(
+        default=None,
+        description="Points of the health-indicator baseline (one per healthy window when "
+        "fitted here); null without one.",
+    )
+    health_source: str | None = Field(
+        default=None, description="'windows' (fitted here) or 'history' (first history points)."
+    )
+    health_threshold: float | None = Field(
+        default=None, description="Health indicator level of a warning."
+    )
 
 
-def _out(stored: StoredBaseline, predictor: Predictor) -> BaselineOut:
+def _out(
+    stored: StoredBaseline, predictor: Predictor, health: StoredHealthBaseline | None
+) -> BaselineOut:
     model = predictor.model
     return BaselineOut(
         asset_id=stored.asset_id,
@@ -81,6 +100,9 @@ def _out(stored: StoredBaseline, predictor: Predictor) -> BaselineOut:
         false_alarm_rate=stored.false_alarm_rate,
         threshold=AnomalyBaseline.from_json(stored.document).threshold,
         fitted_at=stored.fitted_at,
+        health_points=None if health is None else health.points,
+        health_source=None if health is None else health.source,
+        health_threshold=None if health is None else baseline_from_json(health.document).threshold,
     )
 
 
@@ -125,7 +147,12 @@ async def fit_baseline(
             " higher rate",
         )
 
-    def fit() -> StoredBaseline:
+    try:  # history points up to the last healthy window count as baseline; none without a time
+        until = 0.0 if body.measured_at is None else measurement_time(body.measured_at, time.time())
+    except InvalidInputError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+
+    def fit() -> tuple[StoredBaseline, StoredHealthBaseline | None]:
         result = predictor.predict(body.windows, body.sample_rate_hz, body.units)
         card = result.model.card
         baseline = AnomalyBaseline.fit(
@@ -140,16 +167,18 @@ async def fit_baseline(
             windows=len(body.windows),
             false_alarm_rate=body.false_alarm_rate,
             fitted_at=time.time(),
-        )
+        ), _health(key.tenant, asset.asset_id, body, until)
 
     try:
-        stored = await anyio.to_thread.run_sync(fit)
+        stored, health = await anyio.to_thread.run_sync(fit)
     except ModelNotLoadedError as exc:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
     except (InvalidInputError, AnomalyError) as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
     store.put_baseline(stored)
-    return _out(stored, predictor)
+    if health is not None:
+        store.put_health_baseline(health)
+    return _out(stored, predictor, store.get_health_baseline(key.tenant, asset.asset_id))
 
 
 @router.get(
@@ -168,4 +197,15 @@ def get_baseline(
     stored = store.get_baseline(key.tenant, asset.asset_id)
     if stored is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no baseline fitted for '{asset_id}'")
-    return _out(stored, predictor)
+    return _out(stored, predictor, store.get_health_baseline(key.tenant, asset.asset_id))
+
+
+def _health(
+    tenant: str, asset_id: str, body: BaselineRequest, until: float
+) -> StoredHealthBaseline | None:
+    """The health baseline of the same windows, or None when they give none (all constant)."""
+    windows_g = to_units(stack_windows(body.windows), body.units, "g")
+    try:
+        return fit_from_windows(tenant, asset_id, windows_g, body.sample_rate_hz, until)
+    except SignalError:
+        return None

@@ -9,10 +9,20 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Annotated, Any, Literal
 
-from pydantic import AllowInfNan, BaseModel, ConfigDict, Discriminator, Field, Strict, Tag
+from pydantic import (
+    AllowInfNan,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Strict,
+    Tag,
+)
 
 from models.registry import ModelCard
 from serving.explain import Explanation
+from serving.health import RemainingUsefulLife
 from serving.predictor import BatchResult
 from serving.state import Asset
 
@@ -83,6 +93,14 @@ class PredictionRequest(BaseModel):
         default=False,
         description="The windows follow each other without gaps, in time order: the bearing "
         "evidence analyses them as one signal (it needs 10 shaft turns).",
+    )
+    measured_at: AwareDatetime | None = Field(
+        default=None,
+        description="When the windows were measured, ISO 8601 with a time zone "
+        "(2026-03-01T08:00:00Z); the receive time when absent. With an asset_id, the request "
+        "is one point of the asset's history for its health indicator and remaining useful "
+        "life: out-of-order times are fine (a batch upload), the same time again replaces that "
+        "point, a time more than 5 minutes ahead of the server's clock is refused.",
     )
 
 
@@ -162,6 +180,11 @@ class PredictionResponse(BaseModel):
     explanation: AssetExplanation | None = Field(
         default=None, description="Present when the request names a registered asset."
     )
+    remaining_useful_life: RemainingUsefulLife | None = Field(
+        default=None,
+        description="The asset's health state and remaining useful life after this "
+        "measurement; present when the request names a registered asset.",
+    )
 
     @classmethod
     def from_result(
@@ -169,6 +192,7 @@ class PredictionResponse(BaseModel):
         result: BatchResult,
         asset_id: str | None = None,
         explained: tuple[Asset, Explanation] | None = None,
+        rul: RemainingUsefulLife | None = None,
     ) -> PredictionResponse:
         """Build the response from the predictor's result (and the asset's evidence)."""
         card, pred = result.model.card, result.prediction
@@ -207,6 +231,7 @@ class PredictionResponse(BaseModel):
             asset_id=asset_id,
             predictions=rows,
             explanation=explanation,
+            remaining_useful_life=rul,
         )
 
 

@@ -27,14 +27,16 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
+from serving import history
 from serving.errors import ServingError
+from serving.history import HistoryPoint, StoredHealthBaseline
 
 KEY_PREFIX = "fpm"
 _KEY_RE = re.compile(r"^fpm_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 #: identifiers of tenants, sites and assets: what an ERP key field holds, nothing that needs
 #: escaping in a URL path segment or a log line
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class StateError(ServingError):
@@ -140,6 +142,24 @@ class StateStore(Protocol):
     def get_baseline(self, tenant: str, asset_id: str) -> StoredBaseline | None:
         """An asset's baseline, or None."""
 
+    def add_history_point(
+        self, point: HistoryPoint, max_points: int = history.HISTORY_MAX_POINTS
+    ) -> history.Series:
+        """Store a point of an asset's history; return the points comparable with it.
+
+        A point at the same time as a stored one replaces it; the history is kept within
+        ``max_points`` (:func:`serving.history.thinned`).
+        """
+
+    def get_history(self, tenant: str, asset_id: str) -> list[HistoryPoint]:
+        """An asset's history, oldest first."""
+
+    def put_health_baseline(self, baseline: StoredHealthBaseline) -> None:
+        """Store an asset's health-indicator baseline, replacing the previous one."""
+
+    def get_health_baseline(self, tenant: str, asset_id: str) -> StoredHealthBaseline | None:
+        """An asset's health-indicator baseline, or None."""
+
     def close(self) -> None:
         """Release the storage."""
 
@@ -219,11 +239,17 @@ class SqliteStateStore:
         except sqlite3.DatabaseError as exc:
             raise StateError(f"state store {path} is unusable: {exc}") from exc
         if row is None:
-            self._conn.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-        elif int(row[0]) != SCHEMA_VERSION:
+            self._conn.execute("INSERT INTO meta VALUES ('schema', '1')")
+        found = 1 if row is None else int(row[0])
+        if found > SCHEMA_VERSION:
             raise StateError(
-                f"state store {path} has schema {row[0]}; this version reads {SCHEMA_VERSION}"
+                f"state store {path} has schema {found}; this version reads {SCHEMA_VERSION}"
             )
+        if found < SCHEMA_VERSION:
+            try:
+                _migrate(self._conn, found)
+            except sqlite3.DatabaseError as exc:
+                raise StateError(f"state store {path}: migration failed: {exc}") from exc
         self._lock = threading.Lock()
 
     @contextmanager
@@ -394,10 +420,57 @@ class SqliteStateStore:
             fitted_at=float(str(r[7])),
         )
 
+    # --- history (serving.history) -------------------------------------------------------
+
+    def add_history_point(
+        self, point: HistoryPoint, max_points: int = history.HISTORY_MAX_POINTS
+    ) -> history.Series:
+        """Store a point of an asset's history; return the points comparable with it.
+
+        A point at the same time as a stored one replaces it; the history is kept within
+        ``max_points`` (:func:`serving.history.thinned`).
+        """
+        with self._tx() as conn:
+            return history.insert_point(conn, point, max_points)
+
+    def get_history(self, tenant: str, asset_id: str) -> list[HistoryPoint]:
+        """An asset's history, oldest first."""
+        with self._lock:
+            return history.select_history(self._conn, tenant, asset_id)
+
+    def put_health_baseline(self, baseline: StoredHealthBaseline) -> None:
+        """Store an asset's health-indicator baseline, replacing the previous one."""
+        with self._tx() as conn:
+            history.replace_health_baseline(conn, baseline)
+
+    def get_health_baseline(self, tenant: str, asset_id: str) -> StoredHealthBaseline | None:
+        """An asset's health-indicator baseline, or None."""
+        with self._lock:
+            return history.select_health_baseline(self._conn, tenant, asset_id)
+
     def close(self) -> None:
         """Close the database connection."""
         with self._lock:
             self._conn.close()
+
+
+_MIGRATIONS: dict[int, str] = {
+    2: history.HISTORY_SCHEMA,  # per-asset condition history and health baselines
+}
+"""SQL that brings a store from the version before to the key's; each step idempotent
+(``CREATE ... IF NOT EXISTS``), so a step interrupted half-way is simply run again."""
+
+
+def _migrate(conn: sqlite3.Connection, found: int) -> None:
+    """Run the steps from schema ``found`` to :data:`SCHEMA_VERSION` in one transaction."""
+    steps = "".join(_MIGRATIONS[v] for v in range(found + 1, SCHEMA_VERSION + 1))
+    conn.executescript(f"BEGIN IMMEDIATE;{steps}")  # the script leaves the transaction open
+    try:
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION),))
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 def _split(text: object) -> list[str]:
