@@ -191,7 +191,12 @@ def main(grid: Grid, context: Context) -> None:
             ckpt.weights_sha256,
         )
     strategy = GuardedStrategy(
-        inner, guard_config(cfg), round_offset=ckpt.server_round, rounds=ckpt.round_logs
+        inner,
+        guard_config(cfg),
+        round_offset=ckpt.server_round,
+        rounds=ckpt.round_logs,
+        evaluate_every=cfg.evaluate_every,
+        last_round=cfg.num_server_rounds,
     )
     strategy.set_reference(reference)
     publisher.round_logs = strategy.rounds

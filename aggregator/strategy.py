@@ -70,6 +70,13 @@ class GuardedStrategy(Strategy):
         Rounds already completed by an earlier process of this run (0 for a fresh run).
     rounds : dict of int to RoundLog, optional
         Logs of earlier rounds (from a checkpoint); new rounds are added to it.
+    evaluate_every : int
+        Federated evaluation in every ``evaluate_every``-th (absolute) round and in
+        ``last_round``; the other rounds send no evaluate message [``evaluate-every``]. Each
+        message costs a site a fresh ClientApp process (about 4 s of CPU for the imports
+        alone, docs/federated-benchmarks.md), so evaluating less often shortens rounds.
+    last_round : int, optional
+        The run's last (absolute) round, always evaluated.
     """
 
     def __init__(
@@ -79,9 +86,15 @@ class GuardedStrategy(Strategy):
         *,
         round_offset: int = 0,
         rounds: dict[int, RoundLog] | None = None,
+        evaluate_every: int = 1,
+        last_round: int | None = None,
     ) -> None:
         if round_offset < 0:
             raise ValueError(f"round_offset must be >= 0, got {round_offset}")
+        if evaluate_every < 1:
+            raise ValueError(f"evaluate_every must be >= 1, got {evaluate_every}")
+        self.evaluate_every = evaluate_every
+        self.last_round = last_round
         self.inner = inner
         self.guards = guards
         # the metric FedAvg and its family weight by ("num-examples" unless configured)
@@ -135,8 +148,20 @@ class GuardedStrategy(Strategy):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Let the inner strategy sample the sites that evaluate."""
-        return self.inner.configure_evaluate(self.absolute(server_round), arrays, config, grid)
+        """Let the inner strategy sample the sites that evaluate, in the rounds that evaluate."""
+        current = self.absolute(server_round)
+        if not self.evaluates(current):
+            logger.info("round %d: no federated evaluation (evaluate-every)", current)
+            return []
+        return self.inner.configure_evaluate(current, arrays, config, grid)
+
+    def evaluates(self, server_round: int) -> bool:
+        """Whether (absolute) ``server_round`` has a federated evaluation."""
+        return (
+            self.evaluate_every == 1
+            or server_round % self.evaluate_every == 0
+            or server_round == self.last_round
+        )
 
     def _candidate(self, msg: Message, with_arrays: bool) -> Candidate:
         content = msg.content
@@ -246,6 +271,8 @@ class GuardedStrategy(Strategy):
     ) -> MetricRecord | None:
         """Guard (counts, metric names) and record the replies, then aggregate them."""
         current = self.absolute(server_round)
+        if not self.evaluates(current):
+            return None
         log = self.round_log(current)
         accepted, _ = self._screen(log, replies, "eval")
         result: MetricRecord | None = self.inner.aggregate_evaluate(current, accepted)

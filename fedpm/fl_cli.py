@@ -51,6 +51,7 @@ _RUN_OPTIONS = {
     "dp_clipping_norm": "dp-clipping-norm",
     "dp_delta": "dp-delta",
     "round_timeout_s": "round-timeout-s",
+    "evaluate_every": "evaluate-every",
     "seed": "seed",
 }
 
@@ -88,6 +89,13 @@ def _training_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dp-clipping-norm", type=float, default=None, help="DP clipping norm C")
     g.add_argument("--dp-delta", type=float, default=None, help="delta the epsilon is given at")
     g.add_argument("--round-timeout-s", type=float, default=None, help="seconds per round")
+    g.add_argument(
+        "--evaluate-every",
+        type=int,
+        default=None,
+        help="federated evaluation every N rounds and in the last (each costs every site a "
+        "ClientApp process)",
+    )
     g.add_argument("--seed", type=int, default=None, help="training seed")
     g.add_argument(
         "--config",

@@ -53,6 +53,7 @@ class RunConfig:
     window_samples: int = 2048
     class_names: tuple[str, ...] = DEFAULT_CLASSES
     eval_fraction: float = 0.2
+    evaluate_every: int = 1  # federated evaluation every N rounds and in the last one
     seed: int = 0
     round_timeout_s: float = 600.0
     signing_key: str = ""  # Ed25519 private key (PEM) that signs published models; "": unsigned
@@ -94,6 +95,8 @@ class RunConfig:
             raise SignalError("num-server-rounds, local-epochs >= 1 and batch-size >= 2")
         if not 0 < self.learning_rate < 1:
             raise SignalError(f"learning-rate must be in (0, 1), got {self.learning_rate}")
+        if self.evaluate_every < 1:
+            raise SignalError(f"evaluate-every must be >= 1, got {self.evaluate_every}")
         if self.round_lr_schedule not in ROUND_LR_SCHEDULES:
             raise SignalError(
                 f"round-lr-schedule must be one of {', '.join(ROUND_LR_SCHEDULES)}, "
