@@ -43,6 +43,8 @@ from models.training import evaluate, time_split, train
 
 MODES = ("normal", "inner_race", "outer_race", "ball")
 ROUND_RE = re.compile(r"\[ROUND (\d+)/\d+\]")
+# a round's train phase ends where its evaluation is configured, or skipped (evaluate-every)
+TRAIN_END_MARKS = ("configure_evaluate: Sampled", "no federated evaluation")
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,9 @@ def round_spans(marks: Sequence[tuple[float, str]]) -> list[RoundSpan]:
     for t, line in marks:
         if m := ROUND_RE.search(line):
             starts.append((int(m.group(1)), t))
-        elif "configure_evaluate: Sampled" in line and starts:
+        elif (
+            "configure_evaluate: Sampled" in line or "no federated evaluation" in line
+        ) and starts:
             train_ends.setdefault(starts[-1][0], t)
         elif "Strategy execution finished" in line:
             end = t
@@ -150,6 +154,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--windows-per-mode", type=int, default=30)
     parser.add_argument("--local-epochs", type=int, default=1)
+    parser.add_argument(
+        "--evaluate-every",
+        type=int,
+        default=1,
+        help="federated evaluation every N rounds and in the last (run config evaluate-every)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     cfg = RunConfig(num_server_rounds=args.rounds, local_epochs=args.local_epochs)
@@ -169,6 +179,7 @@ def main() -> None:
                 {
                     "num-server-rounds": args.rounds,
                     "local-epochs": args.local_epochs,
+                    "evaluate-every": args.evaluate_every,
                     "min-sites": args.sites,
                     "registry-dir": str(work / "registry"),
                     "checkpoint-dir": str(work / "checkpoints"),
@@ -184,15 +195,15 @@ def main() -> None:
     print(
         f"{args.sites} SuperNodes x {len(MODES) * args.windows_per_mode} windows, "
         f"{args.local_epochs} local epoch(s), {args.rounds} rounds, {torch.get_num_threads()} "
-        "torch thread per ClientApp"
+        f"torch thread per ClientApp, federated evaluation every {args.evaluate_every} round(s)"
     )
     print(f"start-up (SuperLink, {args.sites} SuperNodes online): {t_online - t_start:.1f} s")
     print(
         f"flwr run to round 1 (FAB build and upload, ServerApp start): "
         f"{spans[0].start - t_online:.1f} s"
     )
-    print("| round | wall s | train phase s | slowest train-seconds | overhead s |")
-    print("|---|---|---|---|---|")
+    print("| round | evaluated | wall s | train phase s | slowest train-seconds | overhead s |")
+    print("|---|---|---|---|---|---|")
     overheads, walls, slowest_all = [], [], []
     for span in spans:
         secs = [m["train-seconds"] for m in logs[span.server_round].site_metrics.values()]
@@ -201,8 +212,10 @@ def main() -> None:
         overheads.append(overhead)
         walls.append(span.seconds)
         slowest_all.append(slowest)
+        evaluated = any("eval-examples" in m for m in logs[span.server_round].site_metrics.values())
         print(
-            f"| {span.server_round} | {span.seconds:.1f} | {span.train_phase:.1f} | "
+            f"| {span.server_round} | {'yes' if evaluated else 'no'} | {span.seconds:.1f} | "
+            f"{span.train_phase:.1f} | "
             f"{slowest:.1f} (of {len(secs)} sites) | {overhead:.1f} |"
         )
     med_wall, med_over = statistics.median(walls), statistics.median(overheads)
