@@ -12,6 +12,20 @@ Routes (operation ids in brackets stay stable for generated clients)::
     GET  /v1/assets                [list_assets]         the assets the key can see
     PUT  /v1/baselines/{asset_id}  [fit_baseline]        fit an asset's healthy baseline
     GET  /v1/baselines/{asset_id}  [get_baseline]        describe it
+    PUT  /v1/webhooks/{webhook_id} [put_webhook]         create or replace a signed webhook
+    GET  /v1/webhooks/{webhook_id} [get_webhook]         one webhook (never its secret)
+    GET  /v1/webhooks              [list_webhooks]       the tenant's webhooks
+    DELETE /v1/webhooks/{id}       [delete_webhook]      delete one no rule targets
+    PUT  /v1/rules/{rule_id}       [put_rule]            create or replace a maintenance rule
+    GET  /v1/rules/{rule_id}       [get_rule]            one rule
+    GET  /v1/rules                 [list_rules]          the tenant's rules
+    DELETE /v1/rules/{rule_id}     [delete_rule]         delete one
+    GET  /v1/maintenance-requests  [list_maintenance_requests]  requests rules opened
+    GET  /v1/maintenance-requests/{id}        [get_maintenance_request]  one request
+    POST /v1/maintenance-requests/{id}/close  [close_maintenance_request]  close; label the span
+    GET  /v1/labels                [list_labels]         labels of closed requests, by cursor
+    GET  /v1/dead-letters          [list_dead_letters]   deliveries given up on
+    POST /v1/dead-letters/{id}/retry  [retry_dead_letter]  queue one again
     GET  /health                   [get_health]          liveness; says whether a model is loaded
     GET  /ready                    [get_ready]           200 once a verified model is loaded
     GET  /metrics                  [get_metrics]         Prometheus text format (serving.metrics)
@@ -46,12 +60,14 @@ from pydantic import AwareDatetime
 
 from models.registry import FileRegistry
 from models.signing import load_public_key
-from serving import assets_api, baselines_api, models_api
+from serving import assets_api, baselines_api, models_api, webhooks_api, workorders_api
 from serving.auth import AUTH_ERRORS, KeyDep, RateLimiter, check_site, require
+from serving.delivery import DeliveryWorker, policy_from
 from serving.errors import InvalidInputError, ModelNotLoadedError
 from serving.explain import explain, load_baseline
 from serving.health import measurement_time, track
 from serving.inputs import Windows, stack_windows, to_units
+from serving.integration import run_rules
 from serving.lifecycle import RegistryWatcher
 from serving.metrics import MetricsMiddleware, ServingMetrics
 from serving.middleware import BodySizeLimitMiddleware
@@ -188,7 +204,19 @@ def _predict(
         contiguous=contiguous,
     )
     rul = track(store, key.tenant, asset.asset_id, windows_g, sample_rate_hz, measured, received_at)
-    return PredictionResponse.from_result(result, asset_id, (asset, found), rul)
+    response = PredictionResponse.from_result(result, asset_id, (asset, found), rul)
+    worker: DeliveryWorker | None = getattr(request.app.state, "delivery_worker", None)
+    run_rules(  # maintenance rules: one small transaction, no network I/O (serving.integration)
+        store,
+        asset,
+        response,
+        measured_at=measured,
+        window_s=windows_g.shape[-1] / sample_rate_hz,
+        contiguous=contiguous,
+        metrics=metrics,
+        wake=None if worker is None else worker.wake,
+    )
+    return response
 
 
 @router.post(
@@ -439,9 +467,17 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         if predictor.model is None:
             logger.warning("starting without a model, not ready")
         task = asyncio.create_task(watcher.run()) if settings.model_poll_s > 0 else None
+        delivery = None
+        if settings.delivery_enabled:  # webhook outbox (serving.delivery)
+            app.state.delivery_worker = DeliveryWorker(state_store, policy_from(settings), metrics)
+            delivery = asyncio.create_task(app.state.delivery_worker.run())
         try:
             yield
         finally:
+            if delivery is not None:
+                delivery.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await delivery
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -464,6 +500,8 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     app.include_router(assets_api.router)
     app.include_router(baselines_api.router)
     app.include_router(models_api.router)  # after router: /v1/models/current wins
+    app.include_router(webhooks_api.router)
+    app.include_router(workorders_api.router)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     # outermost, so answers of the body-size limit (413) are counted too
@@ -472,6 +510,8 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         *assets_api.router.routes,
         *baselines_api.router.routes,
         *models_api.router.routes,
+        *webhooks_api.router.routes,
+        *workorders_api.router.routes,
     ]
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=routes)
     return app

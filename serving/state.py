@@ -30,13 +30,15 @@ from typing import Protocol
 from serving import history
 from serving.errors import ServingError
 from serving.history import HistoryPoint, StoredHealthBaseline
+from serving.integration_sqlite import INTEGRATION_SCHEMA, SqliteIntegrationMixin
+from serving.integration_types import IntegrationStore
 
 KEY_PREFIX = "fpm"
 _KEY_RE = re.compile(r"^fpm_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 #: identifiers of tenants, sites and assets: what an ERP key field holds, nothing that needs
 #: escaping in a URL path segment or a log line
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class StateError(ServingError):
@@ -104,7 +106,7 @@ class StoredBaseline:
     fitted_at: float
 
 
-class StateStore(Protocol):
+class StateStore(IntegrationStore, Protocol):
     """Storage of the serving API's state; every method is safe to call from many threads."""
 
     def create_key(
@@ -222,7 +224,7 @@ CREATE TABLE IF NOT EXISTS baselines (
 """
 
 
-class SqliteStateStore:
+class SqliteStateStore(SqliteIntegrationMixin):
     """:class:`StateStore` on one SQLite file (WAL; one connection guarded by a lock)."""
 
     def __init__(self, path: str | Path) -> None:
@@ -456,6 +458,7 @@ class SqliteStateStore:
 
 _MIGRATIONS: dict[int, str] = {
     2: history.HISTORY_SCHEMA,  # per-asset condition history and health baselines
+    3: INTEGRATION_SCHEMA,  # webhooks, rules, maintenance requests, outbox, labels
 }
 """SQL that brings a store from the version before to the key's; each step idempotent
 (``CREATE ... IF NOT EXISTS``), so a step interrupted half-way is simply run again."""
