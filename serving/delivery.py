@@ -186,7 +186,12 @@ class DeliveryWorker:
             self.store.claim_outbox, self.owner, now, self.policy.batch, self.policy.lease_s
         )
         if claimed:
-            await asyncio.gather(*(self._deliver(client, item, hook) for item, hook in claimed))
+            try:
+                await asyncio.gather(*(self._deliver(client, i, h) for i, h in claimed))
+            except asyncio.CancelledError:  # shutting down: hand unfinished rows back now
+                for item, _ in claimed:  # (finished ones hold no lease: a no-op for them)
+                    self.store.release_outbox(item.outbox_id, self.owner, time.time())
+                raise
         counts = await anyio.to_thread.run_sync(self.store.outbox_counts)
         for status, n in counts.items():
             self.metrics.outbox_rows.labels(status).set(n)

@@ -621,7 +621,7 @@ class SqliteIntegrationMixin:
             return cur.rowcount == 1
 
     def release_outbox(self, outbox_id: int, owner: str, next_attempt_at: float) -> None:
-        """Give a leased row back unattempted (its webhook is disabled)."""
+        """Give a leased row back (its webhook is disabled, or the worker is stopping)."""
         with self._tx() as conn:
             conn.execute(
                 "UPDATE outbox SET next_attempt_at = ?, lease_owner = NULL, lease_until = NULL"

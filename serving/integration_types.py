@@ -311,7 +311,7 @@ class IntegrationStore(Protocol):
         """Record an attempt's result if ``owner`` still holds the lease; whether it did."""
 
     def release_outbox(self, outbox_id: int, owner: str, next_attempt_at: float) -> None:
-        """Give a leased row back unattempted (its webhook is disabled)."""
+        """Give a leased row back (its webhook is disabled, or the worker is stopping)."""
 
     def list_dead_letters(self, tenant: str, limit: int = 100) -> list[OutboxItem]:
         """A tenant's dead letters, newest first."""

@@ -49,6 +49,7 @@ def api_schema(served_registry: Path, tmp_path_factory: pytest.TempPathFactory) 
             max_body_bytes=256 * 1024,
             rate_limit_per_minute=0,
             model_poll_s=0,
+            delivery_enabled=False,  # generated webhook URLs must never be called
         )
     )
     return schemathesis.openapi.from_asgi("/openapi.json", app)
