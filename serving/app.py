@@ -33,7 +33,13 @@ Routes (operation ids in brackets stay stable for generated clients)::
 Every ``/v1`` route needs an API key (:mod:`serving.auth`): 401 without a valid one, 403
 outside its permissions or sites, 429 over its rate. The model is loaded from the registry in
 the lifespan, never at import. Domain errors become HTTP errors here only: invalid input 422,
-too many windows 422, unknown asset 422, body too large 413, no model 503.
+too many windows 422, unknown asset 422, ``measured_at`` ahead of the clock 422, body too
+large 413, no model 503.
+
+A prediction naming an asset is also one point of the asset's condition history, dated by
+``measured_at`` (the receive time by default): its response adds the ISO zone, anomaly score
+and bearing evidence (:mod:`serving.explain`, docs/serving-explanations.md) and the asset's
+health state and remaining useful life (:mod:`serving.health`, docs/serving-rul.md).
 """
 
 from __future__ import annotations
