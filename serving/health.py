@@ -306,7 +306,10 @@ def track(
             " features are not comparable: send windows like the baseline's, or fit it again"
             " with PUT /v1/baselines/{asset_id}"
         )
-    return _assess_point(series, measured_at, baseline_from_json(stored.document), answer)
+    try:
+        return _assess_point(series, measured_at, baseline_from_json(stored.document), answer)
+    except SignalError as exc:  # a degenerate baseline (e.g. identical points): say so, no 500
+        return answer.build(f"no health assessment: {exc}")
 
 
 def _assess_point(

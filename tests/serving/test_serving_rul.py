@@ -19,6 +19,7 @@ from serving_helpers import api_key, authorised
 
 from fedpm.commands.simulate_history import History, simulate_history
 from serving.health import HEALTH_BASELINE_POINTS
+from serving.history import HistoryPoint
 from serving.state import _SCHEMA, SCHEMA_VERSION, Asset, SqliteStateStore
 
 FS = 12_000
@@ -249,3 +250,23 @@ def test_a_version_1_state_file_is_migrated_and_keeps_its_assets(tmp_path: Path)
         ]
     finally:
         store.close()
+
+
+def test_the_history_is_bounded_by_thinning_its_older_half(tmp_path: Path) -> None:
+    # Prepare
+    store = SqliteStateStore(tmp_path / "state.sqlite")
+    features = (0.1, 3.0, 4.0, 0.01)
+
+    # Execute: 100 hourly points into a history bounded at 16
+    for hour in range(100):
+        point = HistoryPoint("acme", "pump-1", 3600.0 * hour, 0.0, FS, WINDOW, 1, features)
+        series = store.add_history_point(point, max_points=16)
+    kept = [p.measured_at / 3600 for p in store.get_history("acme", "pump-1")]
+    store.close()
+
+    # Assert: never more than the bound; the oldest and the newest 8 kept, the middle sparse
+    assert len(kept) <= 16
+    assert len(series.measured_at) == len(kept) == series.total
+    assert kept[0] == 0
+    assert kept[-8:] == list(range(92, 100))
+    assert np.all(np.diff(kept) > 0)
