@@ -30,7 +30,8 @@ from typing import Protocol
 from serving import history
 from serving.errors import ServingError
 from serving.history import HistoryPoint, StoredHealthBaseline
-from serving.integration_sqlite import INTEGRATION_SCHEMA, SqliteIntegrationMixin
+from serving.integration_sqlite import SqliteIntegrationMixin
+from serving.integration_tables import INTEGRATION_SCHEMA
 from serving.integration_types import IntegrationStore
 
 KEY_PREFIX = "fpm"
