@@ -75,9 +75,9 @@ class WebhookIn(BaseModel):
     )
 
     url: str = Field(
-        max_length=2000, description="http(s) URL the requests are POSTed to (https outside "
-        "a private network)."
-    )  # fmt: skip
+        max_length=2000,
+        description="http(s) URL the requests are POSTed to (https outside a private network).",
+    )
     format: PayloadFormat = Field(
         default="json",
         description="Payload: FedPM JSON, an SAP API_MAINTNOTIFICATION notification, or a "
