@@ -14,7 +14,10 @@ partitions ``by:site``. Time split inside each record: the first 70 % trains, th
 the held-out set the ServerApp scores the global model on after every round
 (``server-eval-npz``). The attacker is the virtual site holding site-4's records.
 
-Runs: FedAvg clean (the product's app folder), then, with site-4 poisoning: FedAvg without and
+Runs: FedAvg clean (the product's app folder); FedAvg clean on the 4 honest sites alone (the
+attacker's own records left out: no strategy can learn what only the attacker holds, since its
+honest update is never sent, so this is the reference a robust strategy can reach); then, with
+site-4 poisoning: FedAvg without and
 with the norm guard, and FedMedian, FedTrimmedAvg (one site cut per tail), Krum and MultiKrum
 (f = 1, MultiKrum averaging 3) without the guard, and, with ``--guard-on all``, each robust
 strategy with the guard as well. Prints the held-out accuracy after rounds 2, 5, 10... and
@@ -48,8 +51,11 @@ EVAL_FRACTION = 0.3
 ATTACKER_SITE = f"site-{SITES - 1}"
 
 
-def site_manifest(work: Path) -> Path:
-    """A manifest of the sites' CWRU records (absolute paths) with a ``site`` column."""
+def site_manifest(work: Path, without: str = "") -> Path:
+    """A manifest of the sites' CWRU records (absolute paths) with a ``site`` column.
+
+    ``without`` leaves one site's records out (the honest-sites reference run).
+    """
     root = cwru_dir()
     with (root / "MANIFEST.tsv").open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle, delimiter="\t")
@@ -70,9 +76,10 @@ def site_manifest(work: Path) -> Path:
             chosen.append({**row, "site": f"site-{i}"})
     normal = next(r for r in rows if r["fault_type"] == "normal")
     chosen.append({**normal, "site": "site-0"})
+    chosen = [row for row in chosen if row["site"] != without]
     for row in chosen:
         row["file"] = str((root / row["file"]).resolve())
-    out = work / "MANIFEST.tsv"
+    out = work / (f"MANIFEST-without-{without}.tsv" if without else "MANIFEST.tsv")
     with out.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, [*fields, "site"], delimiter="\t")
         writer.writeheader()
@@ -91,9 +98,12 @@ def attacker_partition(cfg: RunConfig) -> int:
     raise RuntimeError(f"no partition holds exactly {ATTACKER_SITE}'s records")
 
 
+HONEST_ONLY = f"fedavg clean, without {ATTACKER_SITE}"
+
+
 def scenarios(guard_on: str) -> list[tuple[str, str, bool, float]]:
     """(name, strategy, poisoned, norm-outlier-mads)."""
-    out = [("fedavg clean", "fedavg", False, 5.0)]
+    out = [("fedavg clean", "fedavg", False, 5.0), (HONEST_ONLY, "fedavg", False, 5.0)]
     for strategy in ("fedavg", "fedmedian", "fedtrimmedavg", "krum", "multikrum"):
         out.append((f"{strategy} poisoned, guard off", strategy, True, 0.0))
         if guard_on == "all" or strategy == "fedavg":
@@ -138,7 +148,12 @@ def main() -> None:
         else:
             options += ["--app", str(app_dir())]
         run_name = name.replace(",", "").replace(" ", "-")
-        accuracy, seconds, record = simulate(run_name, work, manifest, held_out, SITES, options)
+        if name == HONEST_ONLY:  # the 4 honest sites alone: what is learnable without site-4
+            honest = site_manifest(work, without=ATTACKER_SITE)
+            run = simulate(run_name, work, honest, held_out, SITES - 1, options)
+        else:
+            run = simulate(run_name, work, manifest, held_out, SITES, options)
+        accuracy, seconds, record = run
         refused = sum(1 for r in record["rounds"] if r.get("rejected"))
         results.append((name, accuracy, refused))
         curve = " ".join(f"{a:.3f}" for a in accuracy)
@@ -149,16 +164,19 @@ def main() -> None:
     def settled(accuracy: list[float]) -> float:
         return float(np.mean(accuracy[-tail:]))
 
-    clean = settled(results[0][1])
+    clean, honest_only = settled(results[0][1]), settled(results[1][1])
     print()
     head = " | ".join(f"round {r}" for r in marks)
-    print(f"| run | {head} | mean of the last {tail} | vs clean | rounds with an update refused |")
-    print("|---|" + "---|" * (len(marks) + 3))
+    print(
+        f"| run | {head} | mean of the last {tail} | vs clean | vs clean without"
+        f" {ATTACKER_SITE} | rounds with an update refused |"
+    )
+    print("|---|" + "---|" * (len(marks) + 4))
     for name, accuracy, refused in results:
         cells = " | ".join(f"{accuracy[r - 1]:.1%}" for r in marks)
         mean = settled(accuracy)
-        gap = "" if name == results[0][0] else f"{(mean - clean) * 100:+.1f} pt"
-        print(f"| {name} | {cells} | {mean:.1%} | {gap} | {refused} |")
+        gaps = [f"{(mean - ref) * 100:+.1f} pt" for ref in (clean, honest_only)]
+        print(f"| {name} | {cells} | {mean:.1%} | {' | '.join(gaps)} | {refused} |")
     print(f"(whole bench {time.perf_counter() - START:.0f} s; work folder {work})")
 
 
