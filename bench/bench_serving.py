@@ -6,11 +6,16 @@ All figures from one run, on this machine:
    window: p50 and p99;
 2. **FedPM over HTTP**: the real service (``python -m serving``, one uvicorn worker, an API
    key, a WDCNN in its registry), one client sending one window per request, JSON body and
-   binary body: p50 and p99, and the ratio end-to-end / in-process;
-3. **throughput** at 16 and 64 concurrent clients (asyncio + httpx, one window per request)
-   for FedPM (JSON and binary) and for the baseline a user would write instead
+   binary body: p50 and p99, and the ratio end-to-end / in-process. The client is Python's
+   ``http.client`` on one keep-alive connection: it adds about 0.1 ms of its own, where
+   httpx adds 1-2 ms on this machine, which would be measured as the service's latency;
+3. **throughput** at 16 and 64 concurrent connections (one window per request) for FedPM
+   (JSON and binary) and for the baseline a user would write instead
    (``bench/naive_service.py``: FastAPI + PyTorch, the window as a JSON list, one uvicorn
-   worker): requests/s and the ratio FedPM / baseline.
+   worker): requests/s and the ratio FedPM / baseline. The load comes from ``wrk``
+   (``apt-get install wrk``), a C load generator, so that the cores go to the services; without
+   it, from asyncio + httpx in this process (said in the output), which takes a large share
+   of a 2-core machine itself.
 
 Goals (issue 6): p99 <= 5 ms with one client; >= 3x the baseline's throughput. The load
 generator runs on the same cores as the servers; on a 2-core machine every figure is a floor.
@@ -22,12 +27,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
+import http.client
+import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+import urllib.parse
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -65,21 +76,74 @@ def start(cmd: list[str], env: dict[str, str], url: str) -> subprocess.Popen[byt
     raise RuntimeError(f"{cmd} did not come up")
 
 
-def one_client(send: Callable[[httpx.Client], httpx.Response], base: str, n: int) -> list[float]:
+@dataclass(frozen=True)
+class Call:
+    """One request, as both load generators send it."""
+
+    path: str  # with its query string
+    body: bytes
+    headers: dict[str, str]
+
+
+def one_client(port: int, call: Call, n: int) -> list[float]:
+    """Seconds per request of ``n`` requests in a row on one keep-alive connection."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     times = []
-    with httpx.Client(base_url=base, timeout=30) as client:
-        for _ in range(20):  # warm up
-            send(client).raise_for_status()
-        for _ in range(n):
+    gc.collect()
+    gc.disable()  # this process holds torch and the model: its collections are not the service's
+    try:
+        for i in range(n + 20):  # 20 to warm up
             t = time.perf_counter()
-            send(client).raise_for_status()
-            times.append(time.perf_counter() - t)
+            conn.request("POST", call.path, body=call.body, headers=call.headers)
+            response = conn.getresponse()
+            response.read()
+            if response.status != 200:
+                raise RuntimeError(f"{call.path}: HTTP {response.status}")
+            if i >= 20:
+                times.append(time.perf_counter() - t)
+    finally:
+        gc.enable()
+        conn.close()
     return times
 
 
-async def _throughput(
-    base: str, path: str, kwargs: dict[str, object], clients: int, duration_s: float
-) -> float:
+_WRK_SCRIPT = """
+wrk.method = "POST"
+local f = assert(io.open(os.getenv("FEDPM_BENCH_BODY"), "rb"))
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = os.getenv("FEDPM_BENCH_TYPE")
+local auth = os.getenv("FEDPM_BENCH_AUTH")
+if auth ~= nil and auth ~= "" then wrk.headers["Authorization"] = auth end
+"""
+
+
+def wrk_throughput(port: int, call: Call, clients: int, duration_s: float, work: Path) -> float:
+    """Requests/s that ``wrk`` gets with ``clients`` connections; refuses any non-2xx answer."""
+    script, body = work / "post.lua", work / "body.bin"
+    script.write_text(_WRK_SCRIPT, encoding="utf-8")
+    body.write_bytes(call.body)
+    env = {
+        **os.environ,
+        "FEDPM_BENCH_BODY": str(body),
+        "FEDPM_BENCH_TYPE": call.headers["Content-Type"],
+        "FEDPM_BENCH_AUTH": call.headers.get("Authorization", ""),
+    }
+    argv = ["wrk", "-t2", f"-c{clients}", f"-d{duration_s:g}s", "--timeout", "30s"]
+    argv += ["-s", str(script)]
+    out = subprocess.run(
+        [*argv, f"http://127.0.0.1:{port}{call.path}"],
+        env=env, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    if "Non-2xx" in out or "Socket errors" in out:
+        raise RuntimeError(f"wrk saw errors on {call.path}:\n{out}")
+    match = re.search(r"Requests/sec:\s+([0-9.]+)", out)
+    if match is None:
+        raise RuntimeError(f"no Requests/sec in wrk's output:\n{out}")
+    return float(match.group(1))
+
+
+async def _throughput(base: str, call: Call, clients: int, duration_s: float) -> float:
     done = 0
     errors = 0
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
@@ -89,7 +153,7 @@ async def _throughput(
         async def worker() -> None:
             nonlocal done, errors
             while time.monotonic() < end:
-                response = await client.post(path, **kwargs)  # type: ignore[arg-type]
+                response = await client.post(call.path, content=call.body, headers=call.headers)
                 if response.status_code == 200:
                     done += 1
                 else:
@@ -99,12 +163,15 @@ async def _throughput(
         await asyncio.gather(*(worker() for _ in range(clients)))
         elapsed = time.monotonic() - t
     if errors:
-        print(f"    ({errors} non-200 answers from {path})")
+        print(f"    ({errors} non-200 answers from {call.path})")
     return done / elapsed
 
 
-def throughput(base: str, path: str, kwargs: dict[str, object], clients: int, s: float) -> float:
-    return asyncio.run(_throughput(base, path, kwargs, clients, s))
+def throughput(port: int, call: Call, clients: int, s: float, work: Path) -> float:
+    """Requests/s with ``clients`` concurrent connections: wrk when installed, else httpx."""
+    if shutil.which("wrk"):
+        return wrk_throughput(port, call, clients, s, work)
+    return asyncio.run(_throughput(f"http://127.0.0.1:{port}", call, clients, s))
 
 
 def main() -> None:
@@ -156,60 +223,49 @@ def main() -> None:
             dict(os.environ), f"http://127.0.0.1:{naive_port}/docs",
         )  # fmt: skip
         try:
-            base = f"http://127.0.0.1:{port}"
-            naive_base = f"http://127.0.0.1:{naive_port}"
-            headers = {"Authorization": f"Bearer {key}"}
-            json_body = {"sample_rate_hz": FS, "windows": [window.tolist()]}
-            raw = window.astype("<f4").tobytes()
-            params = {"sample_rate_hz": FS, "windows": 1, "samples": WINDOW}
-            binary_headers = {**headers, "Content-Type": "application/octet-stream"}
-            json_kwargs: dict[str, object] = {"json": json_body, "headers": headers}
-            binary_kwargs: dict[str, object] = {
-                "content": raw, "params": params, "headers": binary_headers,
+            auth = {"Authorization": f"Bearer {key}"}
+            query = urllib.parse.urlencode({"sample_rate_hz": FS, "windows": 1, "samples": WINDOW})
+            json_type = {"Content-Type": "application/json"}
+            calls = {
+                "FedPM JSON": (port, Call(
+                    "/v1/predictions",
+                    json.dumps({"sample_rate_hz": FS, "windows": [window.tolist()]}).encode(),
+                    {**auth, **json_type},
+                )),
+                "FedPM binary": (port, Call(
+                    f"/v1/predictions/binary?{query}",
+                    window.astype("<f4").tobytes(),
+                    {**auth, "Content-Type": "application/octet-stream"},
+                )),
+                "baseline (FastAPI + PyTorch)": (naive_port, Call(
+                    "/predict", json.dumps({"windows": [window.tolist()]}).encode(), json_type
+                )),
             }  # fmt: skip
-            naive_kwargs: dict[str, object] = {"json": {"windows": [window.tolist()]}}
 
             # 2. latency, one client
-            lat = {
-                "FedPM JSON": one_client(
-                    lambda c: c.post("/v1/predictions", **json_kwargs),  # type: ignore[arg-type]
-                    base, args.requests,
-                ),
-                "FedPM binary": one_client(
-                    lambda c: c.post("/v1/predictions/binary", **binary_kwargs),  # type: ignore[arg-type]
-                    base, args.requests,
-                ),
-                "baseline (FastAPI + PyTorch)": one_client(
-                    lambda c: c.post("/predict", **naive_kwargs),  # type: ignore[arg-type]
-                    naive_base, args.requests,
-                ),
-            }  # fmt: skip
             print(f"one 2,048-sample window per request, {args.requests} requests per row")
             print(f"  in-process onnxruntime (floor)   p50 {f50:6.2f} ms  p99 {f99:6.2f} ms")
-            for name, times in lat.items():
-                p50, p99 = percentiles(times)
+            for name, (target, call) in calls.items():
+                p50, p99 = percentiles(one_client(target, call, args.requests))
                 print(
                     f"  {name:<32} p50 {p50:6.2f} ms  p99 {p99:6.2f} ms"
                     f"   end-to-end / in-process p50 {p50 / f50:5.1f}x"
                 )
 
             # 3. throughput
+            generator = "wrk" if shutil.which("wrk") else "asyncio + httpx (no wrk installed)"
+            print(f"throughput, {args.duration:g} s per figure, load from {generator}")
             for clients in (16, 64):
                 rates = {
-                    "FedPM JSON": throughput(
-                        base, "/v1/predictions", json_kwargs, clients, args.duration
-                    ),
-                    "FedPM binary": throughput(
-                        base, "/v1/predictions/binary", binary_kwargs, clients, args.duration
-                    ),
-                    "baseline": throughput(
-                        naive_base, "/predict", naive_kwargs, clients, args.duration
-                    ),
+                    name: throughput(target, call, clients, args.duration, root)
+                    for name, (target, call) in calls.items()
                 }
+                base_rate = rates["baseline (FastAPI + PyTorch)"]
                 line = "  ".join(
-                    f"{n} {r:,.0f}/s ({r / rates['baseline']:.2f}x)" for n, r in rates.items()
+                    f"{n.split(' (')[0]} {r:,.0f}/s ({r / base_rate:.2f}x)"
+                    for n, r in rates.items()
                 )
-                print(f"  {clients:>2} clients: {line}")
+                print(f"  {clients:>2} connections: {line}")
         finally:
             for proc in (fedpm, naive):
                 proc.terminate()

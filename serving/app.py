@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -108,13 +109,13 @@ def _package_version() -> str:
 # --- dependencies ---------------------------------------------------------------------------
 
 
-def get_app_settings(request: Request) -> ServeSettings:
+async def get_app_settings(request: Request) -> ServeSettings:
     """The settings the application was created with."""
     settings: ServeSettings = request.app.state.settings
     return settings
 
 
-def get_predictor(request: Request) -> Predictor:
+async def get_predictor(request: Request) -> Predictor:
     """The application's predictor (it may hold no model yet)."""
     predictor: Predictor = request.app.state.predictor
     return predictor
@@ -124,7 +125,7 @@ SettingsDep = Annotated[ServeSettings, Depends(get_app_settings)]
 PredictorDep = Annotated[Predictor, Depends(get_predictor)]
 
 
-def get_loaded_model(predictor: PredictorDep) -> LoadedModel:
+async def get_loaded_model(predictor: PredictorDep) -> LoadedModel:
     """The model now served; ``503`` when none is loaded."""
     try:
         return predictor.current()
@@ -225,18 +226,47 @@ def _predict(
     return response
 
 
+#: Samples a request may hold to be scored on the event loop rather than in a worker thread.
+#: Handing a request to the thread pool and back costs about a millisecond on a busy 2-core
+#: host, several times the onnxruntime call for one 2,048-sample window (0.1-0.2 ms);
+#: 65,536 samples (32 such windows) score in about 2 ms. Requests naming an asset always go
+#: to a thread: they read and write the asset's history and rules in SQLite.
+INLINE_MAX_SAMPLES = 65_536
+
+
+def _services(request: Request) -> tuple[Predictor, ServeSettings, StateStore]:
+    """The application's predictor, settings and state store.
+
+    Read from the application here rather than declared as three dependencies: FastAPI
+    resolves each dependency per request, a measurable share of a one-window prediction.
+    """
+    state = request.app.state
+    return state.predictor, state.settings, state.state_store
+
+
+def _sample_count(windows: Sequence[Any]) -> int:
+    """Samples in JSON windows, each a list of samples or a list of channels of samples."""
+    return sum(
+        sum(len(c) for c in w) if w and isinstance(w[0], Sequence) else len(w) for w in windows
+    )
+
+
+async def _answer(inline: bool, *args: Any) -> PredictionResponse:
+    """:func:`_predict` on the event loop when ``inline``, else in a worker thread."""
+    if inline:
+        return _predict(*args)
+    return await anyio.to_thread.run_sync(partial(_predict, *args))
+
+
 @router.post(
     "/v1/predictions",
     tags=["predictions"],
     summary="Classify vibration windows",
     responses=_INPUT_ERRORS,
 )
-def create_predictions(
+async def create_predictions(
     request: Request,
     payload: PredictionRequest,
-    predictor: PredictorDep,
-    settings: SettingsDep,
-    store: assets_api.StoreDep,
     key: Annotated[ApiKey, Depends(require(Permission.PREDICT))],
 ) -> PredictionResponse:
     """Predict the failure class of each window with the current model.
@@ -246,7 +276,9 @@ def create_predictions(
     the key's tenant on one of its sites. The response names the model version and sha256
     that answered.
     """
-    return _predict(
+    predictor, settings, store = _services(request)
+    return await _answer(
+        payload.asset_id is None and _sample_count(payload.windows) <= INLINE_MAX_SAMPLES,
         request,
         payload.windows,
         payload.sample_rate_hz,
@@ -283,9 +315,6 @@ _BINARY_BODY = {
 )
 async def create_predictions_binary(
     request: Request,
-    predictor: PredictorDep,
-    settings: SettingsDep,
-    store: assets_api.StoreDep,
     key: Annotated[ApiKey, Depends(require(Permission.PREDICT))],
     sample_rate_hz: Annotated[float, Query(gt=0, le=1_000_000, allow_inf_nan=False)],
     windows: Annotated[int, Query(ge=1, le=100_000, description="Windows in the body.")],
@@ -322,21 +351,20 @@ async def create_predictions_binary(
             f" samples={samples} float32 values are {expected} bytes",
         )
     x = np.frombuffer(body, dtype="<f4").reshape(windows, channels, samples)
-    return await anyio.to_thread.run_sync(
-        partial(
-            _predict,
-            request,
-            x.astype(np.float64),
-            sample_rate_hz,
-            units,
-            asset_id,
-            contiguous,
-            measured_at,
-            predictor,
-            settings,
-            store,
-            key,
-        )
+    predictor, settings, store = _services(request)
+    return await _answer(
+        asset_id is None and x.size <= INLINE_MAX_SAMPLES,
+        request,
+        x.astype(np.float64),
+        sample_rate_hz,
+        units,
+        asset_id,
+        contiguous,
+        measured_at,
+        predictor,
+        settings,
+        store,
+        key,
     )
 
 
@@ -477,6 +505,12 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         if settings.delivery_enabled:  # webhook outbox (serving.delivery)
             app.state.delivery_worker = DeliveryWorker(state_store, policy_from(settings), metrics)
             delivery = asyncio.create_task(app.state.delivery_worker.run())
+        # Everything loaded so far (torch, onnx, pydantic schemas, the model) lives as long as
+        # the process: move it out of the cyclic collector's generations, so that a collection
+        # during a request does not walk it (the slowest 1 % of one-window predictions,
+        # docs/serving-performance.md).
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:

@@ -128,7 +128,7 @@ class AssetList(BaseModel):
     assets: list[AssetOut]
 
 
-def state_store(request: Request) -> StateStore:
+async def state_store(request: Request) -> StateStore:
     """The application's state store."""
     store: StateStore = request.app.state.state_store
     return store

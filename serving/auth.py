@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
@@ -66,12 +66,18 @@ def _unauthorised(detail: str) -> HTTPException:
     )
 
 
-def authenticated(
+async def authenticated(
     request: Request,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     header_key: Annotated[str | None, Depends(_header)],
 ) -> ApiKey:
-    """The caller's API key; ``401`` without a valid one, ``429`` over its rate."""
+    """The caller's API key; ``401`` without a valid one, ``429`` over its rate.
+
+    A coroutine, like every cheap dependency of the API: FastAPI runs a plain ``def``
+    dependency in its thread pool, and a handoff per dependency cost a one-window prediction
+    milliseconds (docs/serving-performance.md). The key lookup is one indexed SQLite read of
+    tens of microseconds, done on the event loop.
+    """
     presented = bearer.credentials if bearer is not None else header_key
     if not presented:
         raise _unauthorised(
@@ -96,10 +102,10 @@ def authenticated(
 KeyDep = Annotated[ApiKey, Depends(authenticated)]
 
 
-def require(permission: Permission) -> Callable[[ApiKey], ApiKey]:
+def require(permission: Permission) -> Callable[[ApiKey], Awaitable[ApiKey]]:
     """A dependency: the caller's key, which must hold ``permission`` (else ``403``)."""
 
-    def check(key: KeyDep) -> ApiKey:
+    async def check(key: KeyDep) -> ApiKey:
         if permission not in key.permissions:
             raise HTTPException(
                 status.HTTP_403_FORBIDDEN,

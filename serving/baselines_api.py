@@ -106,7 +106,7 @@ def _out(
     )
 
 
-def _predictor(request: Request) -> Predictor:
+async def _predictor(request: Request) -> Predictor:
     """The application's predictor (it may hold no model yet)."""
     predictor: Predictor = request.app.state.predictor
     return predictor

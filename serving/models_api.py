@@ -56,12 +56,12 @@ class ModelList(BaseModel):
     next_offset: int | None = Field(description="`offset` of the next page; null on the last.")
 
 
-def get_registry(request: Request) -> FileRegistry:
+async def get_registry(request: Request) -> FileRegistry:
     """The registry the application serves from (a handle; reading it is cheap)."""
     return FileRegistry(request.app.state.settings.registry_dir)
 
 
-def _predictor(request: Request) -> Predictor:
+async def _predictor(request: Request) -> Predictor:
     predictor: Predictor = request.app.state.predictor
     return predictor
 

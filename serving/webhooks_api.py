@@ -51,7 +51,7 @@ WebhookId = Annotated[str, Path(pattern=ID_PATTERN, description="The caller's ow
 RuleId = Annotated[str, Path(pattern=ID_PATTERN, description="The caller's own id.")]
 
 
-def tenant_manager(
+async def tenant_manager(
     key: Annotated[ApiKey, Depends(require(Permission.MANAGE_WEBHOOKS))],
 ) -> ApiKey:
     """The caller's key: it must hold ``manage_webhooks`` and cover every site (``403``)."""

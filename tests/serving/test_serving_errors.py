@@ -7,9 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from serving.app import get_app_settings
-from serving.settings import ServeSettings
-
 HEADERS = {"content-type": "application/json"}
 
 
@@ -245,12 +242,9 @@ def test_too_many_windows_states_the_limit(tmp_path: Path, served_registry: Path
     )
 
 
-def test_settings_dependency_can_be_overridden(served_registry: Path, make_client):
+def test_the_window_limit_comes_from_the_settings(served_registry: Path, make_client):
     # Prepare
-    client = make_client(served_registry)
-    client.app.dependency_overrides[get_app_settings] = lambda: ServeSettings(
-        registry_dir=served_registry, max_windows_per_request=1
-    )
+    client = make_client(served_registry, max_windows_per_request=1)
 
     # Execute
     response = client.post(
