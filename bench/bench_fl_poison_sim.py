@@ -41,6 +41,7 @@ import torch
 
 from bench.bench_fl_convergence import simulate
 from bench.bench_fl_poison import ATTACK, COMBOS, FAULTS, SITES, attack_app
+from bench.bench_fl_poison import scenarios as real_process_scenarios
 from bench.data import cwru_dir
 from edge_agent.fl_data import manifest_windows, partition_data
 from fedpm.demo import app_dir
@@ -102,13 +103,10 @@ HONEST_ONLY = f"fedavg clean, without {ATTACKER_SITE}"
 
 
 def scenarios(guard_on: str) -> list[tuple[str, str, bool, float]]:
-    """(name, strategy, poisoned, norm-outlier-mads)."""
-    out = [("fedavg clean", "fedavg", False, 5.0), (HONEST_ONLY, "fedavg", False, 5.0)]
-    for strategy in ("fedavg", "fedmedian", "fedtrimmedavg", "krum", "multikrum"):
-        out.append((f"{strategy} poisoned, guard off", strategy, True, 0.0))
-        if guard_on == "all" or strategy == "fedavg":
-            out.append((f"{strategy} poisoned, guard on", strategy, True, 5.0))
-    return out
+    """(name, strategy, poisoned, norm-outlier-mads): the real-process bench's runs, with the
+    honest-sites reference second."""
+    runs = real_process_scenarios(guard_on)
+    return [runs[0], (HONEST_ONLY, "fedavg", False, 5.0), *runs[1:]]
 
 
 def main() -> None:
