@@ -156,7 +156,7 @@ def visible_asset(store: StateStore, key: ApiKey, asset_id: str) -> Asset:
 
 
 @router.put(
-    "/v1/assets/{asset_id:path}",
+    "/v1/assets/{asset_id:anypath}",
     summary="Register or update an asset",
     responses={
         **AUTH_ERRORS,
@@ -199,7 +199,7 @@ def put_asset(
     return AssetOut.from_asset(stored)
 
 
-@router.get("/v1/assets/{asset_id:path}", summary="One asset", responses=_NOT_FOUND)
+@router.get("/v1/assets/{asset_id:anypath}", summary="One asset", responses=_NOT_FOUND)
 def get_asset(asset_id: str, store: StoreDep, key: KeyDep) -> AssetOut:
     """Return an asset of the key's tenant, on a site the key is scoped to."""
     return AssetOut.from_asset(visible_asset(store, key, asset_id))

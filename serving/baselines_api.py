@@ -113,7 +113,9 @@ async def _predictor(request: Request) -> Predictor:
 
 
 @router.put(
-    "/v1/baselines/{asset_id:path}", summary="Fit an asset's healthy baseline", responses=_RESPONSES
+    "/v1/baselines/{asset_id:anypath}",
+    summary="Fit an asset's healthy baseline",
+    responses=_RESPONSES,
 )
 async def fit_baseline(
     asset_id: str,
@@ -182,7 +184,7 @@ async def fit_baseline(
 
 
 @router.get(
-    "/v1/baselines/{asset_id:path}",
+    "/v1/baselines/{asset_id:anypath}",
     summary="An asset's healthy baseline",
     responses={**AUTH_ERRORS, 404: {"model": ErrorResponse, "description": "None fitted"}},
 )

@@ -160,5 +160,5 @@ class MetricsMiddleware:
         route = scope.get("route")  # set by the router on a match
         if route is None:
             route = next((r for r in self.routes if r.matches(scope)[0] == Match.FULL), None)
-        # "/v1/assets/{asset_id:path}" -> "/v1/assets/{asset_id}", as OpenAPI names it
+        # "/v1/assets/{asset_id:anypath}" -> "/v1/assets/{asset_id}", as OpenAPI names it
         return _CONVERTER.sub(r"{\1}", str(getattr(route, "path", "<unmatched>")))

@@ -233,10 +233,15 @@ def test_invalid_assets_get_a_422_that_names_the_field(
     assert message in response.json()["detail"]
 
 
-def test_an_invalid_asset_id_gets_a_422(app_client, state: Path) -> None:
-    response = _as(app_client, api_key(state)).put("/v1/assets/-bad id", json={"site": "s"})
+@pytest.mark.parametrize("asset_id", ["-bad id", "pump%0A1", "a/%0D/b"])
+def test_an_invalid_asset_id_gets_a_422(app_client, state: Path, asset_id: str) -> None:
+    # an encoded newline once matched no route at all: a bare 404 (schemathesis found it)
+    client = _as(app_client, api_key(state))
+    response = client.put(f"/v1/assets/{asset_id}", json={"site": "s"})
     assert response.status_code == 422
     assert "asset id" in response.json()["detail"]
+    # reading it reaches the route too: an asset of this tenant that does not exist
+    assert "no asset" in client.get(f"/v1/assets/{asset_id}").json()["detail"]
 
 
 # --- 429 ---------------------------------------------------------------------------------------
