@@ -116,6 +116,7 @@ def main() -> None:
     parser.add_argument("--local-epochs", type=int, default=3)
     parser.add_argument("--guard-on", choices=("all", "fedavg"), default="fedavg")
     args = parser.parse_args()
+    started = time.perf_counter()
     torch.set_num_threads(1)
     work = Path(tempfile.mkdtemp(prefix="fedpm-poison-sim-"))
     manifest = site_manifest(work)
@@ -175,10 +176,8 @@ def main() -> None:
         mean = settled(accuracy)
         gaps = [f"{(mean - ref) * 100:+.1f} pt" for ref in (clean, honest_only)]
         print(f"| {name} | {cells} | {mean:.1%} | {' | '.join(gaps)} | {refused} |")
-    print(f"(whole bench {time.perf_counter() - START:.0f} s; work folder {work})")
+    print(f"(whole bench {time.perf_counter() - started:.0f} s; work folder {work})")
 
-
-START = time.perf_counter()
 
 if __name__ == "__main__":
     main()

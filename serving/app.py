@@ -49,7 +49,7 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from functools import partial
@@ -109,19 +109,12 @@ def _package_version() -> str:
 # --- dependencies ---------------------------------------------------------------------------
 
 
-async def get_app_settings(request: Request) -> ServeSettings:
-    """The settings the application was created with."""
-    settings: ServeSettings = request.app.state.settings
-    return settings
-
-
 async def get_predictor(request: Request) -> Predictor:
     """The application's predictor (it may hold no model yet)."""
     predictor: Predictor = request.app.state.predictor
     return predictor
 
 
-SettingsDep = Annotated[ServeSettings, Depends(get_app_settings)]
 PredictorDep = Annotated[Predictor, Depends(get_predictor)]
 
 
@@ -158,12 +151,10 @@ def _predict(
     asset_id: str | None,
     contiguous: bool,
     measured_at: datetime | None,
-    predictor: Predictor,
-    settings: ServeSettings,
-    store: StateStore,
     key: ApiKey,
 ) -> PredictionResponse:
     """Predict (and explain, for an asset): the part shared by the JSON and binary routes."""
+    predictor, settings, store = _services(request)
     received_at = time.time()
     try:
         measured = measurement_time(measured_at, received_at)
@@ -251,11 +242,11 @@ def _sample_count(windows: Sequence[Any]) -> int:
     )
 
 
-async def _answer(inline: bool, *args: Any) -> PredictionResponse:
-    """:func:`_predict` on the event loop when ``inline``, else in a worker thread."""
+async def _answer(inline: bool, predict: Callable[[], PredictionResponse]) -> PredictionResponse:
+    """``predict()`` on the event loop when ``inline``, else in a worker thread."""
     if inline:
-        return _predict(*args)
-    return await anyio.to_thread.run_sync(partial(_predict, *args))
+        return predict()
+    return await anyio.to_thread.run_sync(predict)
 
 
 @router.post(
@@ -276,20 +267,19 @@ async def create_predictions(
     the key's tenant on one of its sites. The response names the model version and sha256
     that answered.
     """
-    predictor, settings, store = _services(request)
     return await _answer(
         payload.asset_id is None and _sample_count(payload.windows) <= INLINE_MAX_SAMPLES,
-        request,
-        payload.windows,
-        payload.sample_rate_hz,
-        payload.units,
-        payload.asset_id,
-        payload.contiguous,
-        payload.measured_at,
-        predictor,
-        settings,
-        store,
-        key,
+        partial(
+            _predict,
+            request,
+            payload.windows,
+            payload.sample_rate_hz,
+            payload.units,
+            payload.asset_id,
+            payload.contiguous,
+            payload.measured_at,
+            key,
+        ),
     )
 
 
@@ -351,20 +341,19 @@ async def create_predictions_binary(
             f" samples={samples} float32 values are {expected} bytes",
         )
     x = np.frombuffer(body, dtype="<f4").reshape(windows, channels, samples)
-    predictor, settings, store = _services(request)
     return await _answer(
         asset_id is None and x.size <= INLINE_MAX_SAMPLES,
-        request,
-        x.astype(np.float64),
-        sample_rate_hz,
-        units,
-        asset_id,
-        contiguous,
-        measured_at,
-        predictor,
-        settings,
-        store,
-        key,
+        partial(
+            _predict,
+            request,
+            x.astype(np.float64),
+            sample_rate_hz,
+            units,
+            asset_id,
+            contiguous,
+            measured_at,
+            key,
+        ),
     )
 
 
