@@ -36,7 +36,7 @@ from models.errors import SignalError
 from models.health_indicator import (
     HealthBaseline,
     HealthState,
-    condition_features,
+    condition_feature_rows,
     first_alarm_index,
     fit_baseline,
     health_states,
@@ -126,15 +126,12 @@ def request_features(windows_g: npt.NDArray[np.float64], fs: float) -> tuple[flo
 
     None when no window has features (every one constant, or shorter than 64 samples).
     """
-    rows = []
-    for x in windows_g[:, 0, :]:
-        try:
-            rows.append(condition_features(x, fs))
-        except SignalError:
-            continue
-    if not rows:
+    if windows_g.shape[-1] < 64:
         return None
-    return tuple(float(v) for v in np.median(np.stack(rows), axis=0))
+    features, usable = condition_feature_rows(windows_g[:, 0, :], fs)
+    if not usable.any():
+        return None
+    return tuple(float(v) for v in np.median(features[usable], axis=0))
 
 
 def baseline_to_json(baseline: HealthBaseline) -> str:
@@ -184,22 +181,17 @@ def fit_from_windows(
     SignalError
         Fewer than 8 windows with features, or features the fit cannot use.
     """
-    rows = []
-    for x in windows_g[:, 0, :]:
-        try:
-            rows.append(condition_features(x, fs))
-        except SignalError:
-            continue
-    if not rows:
+    features, usable = condition_feature_rows(windows_g[:, 0, :], fs)
+    if not usable.any():
         raise SignalError("no window has condition features (all constant)")
-    baseline = fit_baseline(np.stack(rows), FALSE_ALARM_RATE)
+    baseline = fit_baseline(features[usable], FALSE_ALARM_RATE)
     return StoredHealthBaseline(
         tenant=tenant,
         asset_id=asset_id,
         source="windows",
         sample_rate_hz=fs,
         window_samples=int(windows_g.shape[-1]),
-        points=len(rows),
+        points=int(usable.sum()),
         until=until,
         document=baseline_to_json(baseline),
         fitted_at=time.time(),

@@ -29,6 +29,7 @@ amplitude 0.5 at 100 Hz:
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import Any, Literal
 
 import numpy as np
@@ -54,18 +55,34 @@ BandChoice = Band | Literal["kurtogram"] | None
 _BUTTER_ORDER = 4  # band-pass order; sosfiltfilt doubles it (zero phase)
 
 
+@lru_cache(maxsize=512)
+def _butter_sos(low: float, high: float, fs: float) -> npt.NDArray[np.float64]:
+    """Second-order sections of the order-4 Butterworth passing ``(low, high)`` at `fs` Hz.
+
+    Cached: designing the filter (``butter`` and ``zpk2sos``) costs about 1 ms, more than
+    filtering a 2,048-sample window with it, and a stream repeats the same few bands (a
+    kurtogram level's bands are fixed by `fs`). The array returned is read-only; scipy's
+    filters need a writable copy.
+    """
+    nyquist = fs / 2.0
+    if low <= 0.0:
+        sos = signal.butter(_BUTTER_ORDER, high, btype="lowpass", fs=fs, output="sos")
+    elif high >= nyquist:
+        sos = signal.butter(_BUTTER_ORDER, low, btype="highpass", fs=fs, output="sos")
+    else:
+        sos = signal.butter(_BUTTER_ORDER, (low, high), btype="bandpass", fs=fs, output="sos")
+    out: npt.NDArray[np.float64] = np.asarray(sos, dtype=np.float64)
+    out.setflags(write=False)
+    return out
+
+
 def _filter(x: npt.NDArray[np.float64], fs: float, band: Band, axis: int) -> Any:
     """Zero-phase Butterworth filter passing `band`; an edge at 0 or fs/2 is left open."""
     low, high = band
     nyquist = fs / 2.0
     if low <= 0.0 and high >= nyquist:
         return x
-    if low <= 0.0:
-        sos = signal.butter(_BUTTER_ORDER, high, btype="lowpass", fs=fs, output="sos")
-    elif high >= nyquist:
-        sos = signal.butter(_BUTTER_ORDER, low, btype="highpass", fs=fs, output="sos")
-    else:
-        sos = signal.butter(_BUTTER_ORDER, band, btype="bandpass", fs=fs, output="sos")
+    sos = _butter_sos(float(low), float(high), float(fs))
     # sosfiltfilt's default edge padding; it refuses signals not longer than this.
     padlen = 3 * (2 * len(sos) + 1 - min(int((sos[:, 2] == 0).sum()), int((sos[:, 5] == 0).sum())))
     if x.shape[axis] <= padlen:
@@ -73,7 +90,7 @@ def _filter(x: npt.NDArray[np.float64], fs: float, band: Band, axis: int) -> Any
             f"x has {x.shape[axis]} samples along axis {axis}; band-pass filtering needs "
             f"more than {padlen}"
         )
-    return signal.sosfiltfilt(sos, x, axis=axis)
+    return signal.sosfiltfilt(sos.copy(), x, axis=axis)
 
 
 def _band_limited(

@@ -14,6 +14,7 @@ from models.health_indicator import (
     FEATURE_NAMES,
     alarm_indices,
     assess,
+    condition_feature_rows,
     condition_features,
     feature_matrix,
     first_alarm_index,
@@ -67,6 +68,26 @@ def test_envelope_energy_counts_only_the_modulation_in_the_band() -> None:
 def test_features_refuse_unusable_records(x: np.ndarray) -> None:
     with pytest.raises(SignalError):
         condition_features(x, FS)
+
+
+def test_feature_rows_equal_each_record_alone_and_flag_constant_records() -> None:
+    # Prepare: a damaged-bearing history's records, one of them a dead (constant) sensor
+    history = simulate_history(6, 2, "inner_race", 3, record_samples=2048)
+    records = np.stack(history.records).astype(np.float64)
+    records[4] = 0.25
+
+    # Execute
+    features, usable = condition_feature_rows(records, FS)
+
+    # Assert: the same numbers as one record at a time; the dead one flagged, not raised
+    assert usable.tolist() == [True, True, True, True, False, True]
+    for i in (0, 1, 2, 3, 5):
+        np.testing.assert_allclose(features[i], condition_features(records[i], FS), rtol=1e-9)
+    assert np.isnan(features[4]).all()
+    with pytest.raises(SignalError, match="NaN or infinite"):
+        condition_feature_rows(np.where(records == 0.25, np.nan, records), FS)
+    with pytest.raises(SignalError, match="n_records, samples"):
+        condition_feature_rows(records[0], FS)
 
 
 @pytest.mark.parametrize("mode", ["outer_race", "inner_race"])
