@@ -199,6 +199,10 @@ def add_fl_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     history.add_argument("--json", type=Path, default=None, help="write the table as JSON here")
     history.set_defaults(func=history_command)
 
+    from fedpm.fl_exporter import add_exporter_command
+
+    add_exporter_command(fl_sub)  # fedpm fl exporter: the runs folder as Prometheus metrics
+
 
 # --- Run config ------------------------------------------------------------------------------
 
