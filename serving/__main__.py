@@ -9,16 +9,22 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import uvicorn
+from fastapi import FastAPI
 from pydantic import ValidationError
 
 from models.errors import FedPMModelsError
 from serving.app import create_app
+from serving.metrics import MULTIPROC_ENV
 from serving.settings import ServeSettings
 
 EXIT_OK = 0
@@ -73,7 +79,37 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level", dest="log_level", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
     )
+    parser.add_argument("--workers", type=int, help="uvicorn worker processes (default 1)")
     return parser
+
+
+def worker_app() -> FastAPI:
+    """The application of one worker process (``--workers`` above 1).
+
+    Its settings come from the environment, where :func:`main` has written the options.
+    """
+    settings = ServeSettings()
+    configure_logging(settings)
+    return create_app(settings)
+
+
+def _prepare_multiprocess_metrics(overrides: dict[str, Any]) -> str | None:
+    """Before workers start: options into ``FEDPM_SERVE_*``, an empty metrics folder.
+
+    Returns the temporary folder made here (to remove at exit), ``None`` when
+    ``PROMETHEUS_MULTIPROC_DIR`` was given (its old files are removed).
+    """
+    for name, value in overrides.items():
+        os.environ[f"FEDPM_SERVE_{name.upper()}"] = str(value)
+    given = os.environ.get(MULTIPROC_ENV)
+    if given:
+        Path(given).mkdir(parents=True, exist_ok=True)
+        for stale in Path(given).glob("*.db"):  # files of an earlier run would add up
+            stale.unlink()
+        return None
+    made = tempfile.mkdtemp(prefix="fedpm-serving-metrics-")
+    os.environ[MULTIPROC_ENV] = made
+    return made
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -97,18 +133,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.info(
         "serving registry %s on http://%s:%d", settings.registry_dir, settings.host, settings.port
     )
+    made = None
+    if settings.workers > 1 or os.environ.get(MULTIPROC_ENV):
+        made = _prepare_multiprocess_metrics(overrides)  # before any metric exists
     try:
-        app = create_app(settings)
+        app = create_app(settings)  # in the parent too: bad settings fail here, once
     except FedPMModelsError as exc:  # an unreadable verification key, say
         parser.exit(EXIT_BAD_SETTINGS, f"invalid settings: {exc}\n")
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        log_level=settings.log_level.lower(),
-        server_header=False,
-    )
+    try:
+        uvicorn.run(
+            "serving.__main__:worker_app" if settings.workers > 1 else app,
+            factory=settings.workers > 1,
+            workers=settings.workers if settings.workers > 1 else None,
+            host=settings.host,
+            port=settings.port,
+            log_config=None,
+            log_level=settings.log_level.lower(),
+            server_header=False,
+        )
+    finally:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
     return EXIT_OK
 
 

@@ -17,22 +17,28 @@
   ``fedpm_serving_models_refused_total`` (versions refused by ``serving.lifecycle``).
 
 Each application has its own registry, so tests and several apps in one process do not mix.
-With several uvicorn worker processes each worker answers for itself; scrape each (or run one
-worker per container, as docker/ does).
+With several uvicorn worker processes (``FEDPM_SERVE_WORKERS``) ``python -m serving`` sets
+``PROMETHEUS_MULTIPROC_DIR`` before the workers start: every worker then writes its figures to
+files there and any worker's ``/metrics`` answers with the sum over all of them (counters and
+histograms summed; the gauges show the value written last by any worker, and a model no
+longer served by a worker is set to 0 rather than removed).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, values
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _CONVERTER = re.compile(r"\{(\w+):\w+\}")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+#: set (to an empty folder) before the worker processes import prometheus_client
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _KINDS = {
     401: "unauthorised",
     403: "forbidden",
@@ -49,71 +55,86 @@ class ServingMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        own = self.registry
+        # multiprocess only if prometheus_client was imported with the folder already set
+        self.multiprocess = bool(os.environ.get(MULTIPROC_ENV)) and (
+            values.ValueClass is not values.MutexValue
+        )
+        if self.multiprocess:
+            own = CollectorRegistry()  # values live in the folder; self.registry reads them all
+            multiprocess.MultiProcessCollector(self.registry)  # type: ignore[no-untyped-call]
+        self._served: tuple[str, str] | None = None
         self.requests = Counter(
             "fedpm_serving_requests",
             "Requests answered",
             ["route", "method", "status"],
-            registry=self.registry,
+            registry=own,
         )
         self.latency = Histogram(
             "fedpm_serving_request_seconds",
             "Time from request to the last byte of the answer",
             ["route", "method"],
             buckets=LATENCY_BUCKETS,
-            registry=self.registry,
+            registry=own,
         )
         self.errors = Counter(
-            "fedpm_serving_errors", "Error answers by kind", ["kind"], registry=self.registry
+            "fedpm_serving_errors", "Error answers by kind", ["kind"], registry=own
         )
-        self.windows = Counter("fedpm_serving_windows", "Windows predicted", registry=self.registry)
+        self.windows = Counter("fedpm_serving_windows", "Windows predicted", registry=own)
         self.model_info = Gauge(
             "fedpm_serving_model_info",
             "The model now served (1), by version and sha256",
             ["version", "sha256"],
-            registry=self.registry,
+            registry=own,
+            multiprocess_mode="mostrecent",
         )
-        self.model_swaps = Counter(
-            "fedpm_serving_model_swaps", "Models swapped in", registry=self.registry
-        )
+        self.model_swaps = Counter("fedpm_serving_model_swaps", "Models swapped in", registry=own)
         self.models_refused = Counter(
             "fedpm_serving_models_refused",
             "Registry versions refused (sha256, signature or contract)",
-            registry=self.registry,
+            registry=own,
         )
         self.model_loaded = Gauge(
             "fedpm_serving_model_loaded",
             "1 while a verified model is loaded",
-            registry=self.registry,
+            registry=own,
+            multiprocess_mode="mostrecent",
         )
         # ERP/CMMS integration (serving.delivery, serving.integration)
         self.outbox_rows = Gauge(
             "fedpm_serving_outbox_rows",
             "Webhook outbox rows by status (pending, delivered, dead)",
             ["status"],
-            registry=self.registry,
+            registry=own,
+            multiprocess_mode="mostrecent",
         )
         self.deliveries = Counter(
             "fedpm_serving_webhook_deliveries",
             "Webhook delivery attempts by outcome (delivered, retry, dead)",
             ["outcome"],
-            registry=self.registry,
+            registry=own,
         )
         self.maintenance_requests = Counter(
             "fedpm_serving_maintenance_requests",
             "Maintenance requests opened by rules",
-            registry=self.registry,
+            registry=own,
         )
         self.rule_errors = Counter(
             "fedpm_serving_rule_errors",
             "Predictions whose rules could not be evaluated or stored",
-            registry=self.registry,
+            registry=own,
         )
 
     def set_model(self, version: str | None, sha256: str | None) -> None:
         """Record which model is served (None: none)."""
-        self.model_info.clear()
-        if version is not None and sha256 is not None:
-            self.model_info.labels(version, sha256).set(1)
+        served = None if version is None or sha256 is None else (version, sha256)
+        if not self.multiprocess:
+            self.model_info.clear()
+        elif self._served is not None and self._served != served:
+            self.model_info.labels(*self._served).set(0)  # a file's series cannot be removed
+        if served is not None:
+            self.model_info.labels(*served).set(1)
+        self._served = served
         self.model_loaded.set(0 if version is None else 1)
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:

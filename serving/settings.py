@@ -57,6 +57,11 @@ class ServeSettings(BaseSettings):
         Seconds between looks at the outbox when it is idle (a new request wakes it at once).
     delivery_lease_s
         How long a claimed outbox row is held by this process before another may take it.
+    workers
+        uvicorn worker processes. Above 1, ``/metrics`` sums every worker's figures
+        (prometheus_client's multiprocess mode, in ``PROMETHEUS_MULTIPROC_DIR`` or a temporary
+        folder); each worker keeps its own rate-limit buckets (a key gets up to ``workers``
+        times its rate), model poller and delivery worker (outbox rows are leased).
     """
 
     model_config = SettingsConfigDict(env_prefix="FEDPM_SERVE_", extra="ignore", frozen=True)
@@ -81,6 +86,7 @@ class ServeSettings(BaseSettings):
     delivery_max_age_s: float = Field(default=3 * 86_400.0, gt=0, le=90 * 86_400)
     delivery_poll_s: float = Field(default=1.0, gt=0, le=3600)
     delivery_lease_s: float = Field(default=60.0, gt=0, le=3600)
+    workers: int = Field(default=1, ge=1, le=64)
 
 
 @lru_cache
