@@ -10,6 +10,10 @@ Flower 1.42 wants two kinds of keys:
   in OpenSSH format (``flower-supernode --auth-supernode-private-key``) and the public key in
   OpenSSH format (``flwr supernode register <public key>``). :func:`write_node_key` makes one.
 
+A pilot that runs everything under one dev CA (Mosquitto, the SuperLink, InfluxDB, MQTT
+client certificates: ``docker/scripts/make-dev-certs.sh``) uses :func:`write_ca` once and
+:func:`issue_cert` for each server or client.
+
 Private keys are written unencrypted with mode 0600; keep them on the machine that uses them.
 This module is for the demo, the tests and small deployments; a real deployment may take its
 certificates from its own CA instead (see ``docs/federated-security.md``).
@@ -225,3 +229,140 @@ def write_node_key(directory: Path, name: str) -> NodeKey:
     )
     node.public_key.write_bytes(public + f" fedpm-{name}\n".encode())
     return node
+
+
+@dataclass(frozen=True)
+class CertificateAuthority:
+    """PEM files of a CA that :func:`issue_cert` signs with: its certificate and private key."""
+
+    cert: Path
+    key: Path
+
+
+def write_ca(
+    directory: Path, *, valid_days: int = 365, common_name: str = "FedPM dev CA"
+) -> CertificateAuthority:
+    """Write a new CA (``ca.crt``, ``ca.key``) into ``directory`` that can issue certificates.
+
+    Unlike :func:`write_server_tls`, the CA key is kept, so one CA can sign every server and
+    client of a deployment; keep ``ca.key`` away from the machines that only need to trust it.
+
+    Raises
+    ------
+    ValueError
+        ``valid_days < 1``.
+    """
+    _check_days(valid_days)
+    key = ec.generate_private_key(ec.SECP384R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    cert = (
+        _builder(name, name, key.public_key(), valid_days)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        .sign(key, hashes.SHA384())
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    ca = CertificateAuthority(directory / "ca.crt", directory / "ca.key")
+    ca.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_private(ca.key, _pem_key(key))
+    return ca
+
+
+def issue_cert(
+    ca: CertificateAuthority,
+    directory: Path,
+    name: str,
+    *,
+    hosts: Sequence[str] = (),
+    client: bool = False,
+    valid_days: int = 365,
+) -> tuple[Path, Path]:
+    """Write ``<name>.crt`` and ``<name>.key`` (0600) into ``directory``, signed by ``ca``.
+
+    Parameters
+    ----------
+    ca : CertificateAuthority
+        From :func:`write_ca`.
+    directory : Path
+        Where the two files go (created if missing).
+    name : str
+        File stem and the certificate's common name (an MQTT client's identity): letters,
+        digits, ``.``, ``_`` and ``-``.
+    hosts : Sequence[str]
+        Addresses and DNS names a server is reached at (subject alternative names); with
+        hosts the certificate is for ``serverAuth``.
+    client : bool
+        Also (or only, without hosts) for ``clientAuth``: a TLS client certificate.
+    valid_days : int
+        Validity in days.
+
+    Returns
+    -------
+    tuple[Path, Path]
+        The certificate and key paths.
+
+    Raises
+    ------
+    ValueError
+        Neither ``hosts`` nor ``client``, a bad ``name`` or host, or ``valid_days < 1``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     ca = write_ca(Path(d))
+    ...     crt, key = issue_cert(ca, Path(d), "broker", hosts=["mosquitto", "127.0.0.1"])
+    ...     cert = x509.load_pem_x509_certificate(crt.read_bytes())
+    ...     cert.verify_directly_issued_by(x509.load_pem_x509_certificate(ca.cert.read_bytes()))
+    ...     cert.subject.rfc4514_string()
+    'CN=broker'
+    """
+    if not _NAME.fullmatch(name):
+        raise ValueError(f"certificate name must be letters, digits, '.', '_' or '-', got {name!r}")
+    if not hosts and not client:
+        raise ValueError("a certificate needs hosts (a server), client=True, or both")
+    names = [_san(h) for h in hosts]
+    _check_days(valid_days)
+    ca_cert = x509.load_pem_x509_certificate(ca.cert.read_bytes())
+    ca_key = serialization.load_pem_private_key(ca.key.read_bytes(), None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{ca.key} is not an EC private key")
+    key = ec.generate_private_key(ec.SECP384R1())
+    usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if hosts else []) + (
+        [ExtendedKeyUsageOID.CLIENT_AUTH] if client else []
+    )
+    builder = (
+        _builder(
+            x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]),
+            ca_cert.subject,
+            key.public_key(),
+            valid_days,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+        )
+    )
+    if names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    cert = builder.sign(ca_key, hashes.SHA384())
+    directory.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_private(key_path, _pem_key(key))
+    return cert_path, key_path
