@@ -38,7 +38,28 @@ def _sensors(args: argparse.Namespace) -> int:
         return 2
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    sensors = SiteSensors(site, args.mqtt_host, args.mqtt_port)
+    if (args.tls_cert is None) != (args.tls_key is None) or (
+        args.tls_cert is not None and args.tls_ca is None
+    ):
+        print("error: --tls-cert and --tls-key go together, with --tls-ca", file=sys.stderr)
+        return 2
+    password = None
+    if args.password_file is not None:
+        try:
+            password = args.password_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            print(f"error: cannot read {args.password_file}: {exc.strerror}", file=sys.stderr)
+            return 2
+    sensors = SiteSensors(
+        site,
+        args.mqtt_host,
+        args.mqtt_port,
+        username=args.username,
+        password=password,
+        ca_file=args.tls_ca,
+        cert_file=args.tls_cert,
+        key_file=args.tls_key,
+    )
     try:
         sensors.connect()
     except OSError as exc:
@@ -127,6 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
     sensors.add_argument("--mqtt-port", type=int, default=1883)
     sensors.add_argument("--backlog-s", type=float, default=24.0)
     sensors.add_argument("--live", action="store_true", help="keep streaming in real time")
+    sensors.add_argument("--username", default=None, help="MQTT user name")
+    sensors.add_argument("--password-file", type=Path, default=None, help="file of the password")
+    sensors.add_argument("--tls-ca", type=Path, default=None, help="broker CA (PEM): TLS on")
+    sensors.add_argument("--tls-cert", type=Path, default=None, help="client certificate (PEM)")
+    sensors.add_argument("--tls-key", type=Path, default=None, help="its private key (PEM)")
     sensors.set_defaults(func=_sensors)
 
     for module in _command_modules():

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import paho.mqtt.client as mqtt
@@ -60,7 +62,11 @@ class _AssetStream:
 
 
 class SiteSensors:
-    """Publishes one site's sensor frames; run :meth:`run` in its own process."""
+    """Publishes one site's sensor frames; run :meth:`run` in its own process.
+
+    ``username``/``password`` authenticate to the broker; ``ca_file`` turns TLS on (the broker's
+    CA), with ``cert_file``/``key_file`` as the gateway's client certificate.
+    """
 
     def __init__(
         self,
@@ -71,6 +77,11 @@ class SiteSensors:
         frame_samples: int = FRAME_SAMPLES,
         client_id: str | None = None,
         reconnect_max_delay_s: int = 2,
+        username: str | None = None,
+        password: str | None = None,
+        ca_file: Path | None = None,
+        cert_file: Path | None = None,
+        key_file: Path | None = None,
     ) -> None:
         self.site = site
         self.frame_samples = frame_samples
@@ -90,6 +101,13 @@ class SiteSensors:
         self.client.max_queued_messages_set(0)  # unlimited: nothing dropped while offline
         self.client.reconnect_delay_set(min_delay=1, max_delay=reconnect_max_delay_s)
         self.client.on_publish = self._on_publish
+        if username is not None:
+            self.client.username_pw_set(username, password)
+        if ca_file is not None:  # TLS; a client certificate too when the broker asks for one
+            context = ssl.create_default_context(cafile=str(ca_file))
+            if cert_file is not None:
+                context.load_cert_chain(cert_file, key_file)
+            self.client.tls_set_context(context)
         self.host, self.port = host, port
         self.published = 0
         self._lock = threading.Condition()
