@@ -63,12 +63,19 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import AwareDatetime
+from pydantic import AwareDatetime, BaseModel, Field
 
 from models.registry import FileRegistry
 from models.signing import load_public_key
 from serving import assets_api, baselines_api, models_api, webhooks_api, workorders_api
-from serving.auth import AUTH_ERRORS, KeyDep, RateLimiter, check_site, require
+from serving.auth import (
+    AUTH_ERRORS,
+    KeyDep,
+    RateLimiter,
+    check_site,
+    openapi_with_api_keys,
+    require,
+)
 from serving.delivery import DeliveryWorker, policy_from
 from serving.errors import InvalidInputError, ModelNotLoadedError
 from serving.explain import explain, load_baseline
@@ -283,6 +290,26 @@ async def create_predictions(
     )
 
 
+class BinaryQuery(BaseModel):
+    """The query of ``POST /v1/predictions/binary``: the body's shape and what it measures.
+
+    One model rather than nine separate query parameters: FastAPI validates it in one pydantic
+    call instead of resolving each parameter on its own (a measurable share of a one-window
+    prediction, docs/serving-performance.md); the OpenAPI parameters are the same.
+    """
+
+    sample_rate_hz: float = Field(gt=0, le=1_000_000, allow_inf_nan=False)
+    windows: int = Field(ge=1, le=100_000, description="Windows in the body.")
+    samples: int = Field(ge=1, le=10_000_000, description="Samples per channel.")
+    channels: int = Field(default=1, ge=1, le=16, description="Channels per window.")
+    units: Units = "g"
+    asset_id: str | None = Field(default=None, min_length=1, max_length=200)
+    contiguous: bool = False
+    measured_at: AwareDatetime | None = Field(
+        default=None, description="When the windows were measured (ISO 8601 with a time zone)."
+    )
+
+
 _BINARY_BODY = {
     "requestBody": {
         "required": True,
@@ -306,17 +333,7 @@ _BINARY_BODY = {
 async def create_predictions_binary(
     request: Request,
     key: Annotated[ApiKey, Depends(require(Permission.PREDICT))],
-    sample_rate_hz: Annotated[float, Query(gt=0, le=1_000_000, allow_inf_nan=False)],
-    windows: Annotated[int, Query(ge=1, le=100_000, description="Windows in the body.")],
-    samples: Annotated[int, Query(ge=1, le=10_000_000, description="Samples per channel.")],
-    channels: Annotated[int, Query(ge=1, le=16, description="Channels per window.")] = 1,
-    units: Annotated[Units, Query()] = "g",
-    asset_id: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
-    contiguous: bool = False,
-    measured_at: Annotated[
-        AwareDatetime | None,
-        Query(description="When the windows were measured (ISO 8601 with a time zone)."),
-    ] = None,
+    shape: Annotated[BinaryQuery, Query()],
 ) -> PredictionResponse:
     """Like ``create_predictions``, with the samples as a compact binary body.
 
@@ -333,6 +350,7 @@ async def create_predictions_binary(
             f" float32), not {media or 'no content type'!r}",
         )
     body = await request.body()
+    windows, channels, samples = shape.windows, shape.channels, shape.samples
     expected = windows * channels * samples * 4
     if len(body) != expected:
         raise HTTPException(
@@ -342,16 +360,16 @@ async def create_predictions_binary(
         )
     x = np.frombuffer(body, dtype="<f4").reshape(windows, channels, samples)
     return await _answer(
-        asset_id is None and x.size <= INLINE_MAX_SAMPLES,
+        shape.asset_id is None and x.size <= INLINE_MAX_SAMPLES,
         partial(
             _predict,
             request,
             x.astype(np.float64),
-            sample_rate_hz,
-            units,
-            asset_id,
-            contiguous,
-            measured_at,
+            shape.sample_rate_hz,
+            shape.units,
+            shape.asset_id,
+            shape.contiguous,
+            shape.measured_at,
             key,
         ),
     )
@@ -363,13 +381,13 @@ async def create_predictions_binary(
     summary="The model now served",
     responses=_AUTHED_ERRORS,
 )
-def get_current_model(model: LoadedModelDep, key: KeyDep) -> ModelPublic:
+async def get_current_model(model: LoadedModelDep, key: KeyDep) -> ModelPublic:
     """Return the public card of the model that answers predictions."""
     return ModelPublic.from_card(model.card)
 
 
 @router.get("/health", tags=["health"], summary="Liveness")
-def get_health(predictor: PredictorDep) -> HealthResponse:
+async def get_health(predictor: PredictorDep) -> HealthResponse:
     """Answer ``200`` while the process runs, and say whether a model is loaded."""
     model = predictor.model
     return HealthResponse(
@@ -380,7 +398,7 @@ def get_health(predictor: PredictorDep) -> HealthResponse:
 
 
 @router.get("/ready", tags=["health"], summary="Readiness", responses=_ERRORS)
-def get_ready(model: LoadedModelDep) -> HealthResponse:
+async def get_ready(model: LoadedModelDep) -> HealthResponse:
     """Answer ``200`` once a verified model is loaded, ``503`` before."""
     return HealthResponse(status="ready", model_loaded=True, model_version=model.card.label)
 
@@ -543,4 +561,5 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         *workorders_api.router.routes,
     ]
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=routes)
+    app.openapi = openapi_with_api_keys(app, routes)  # type: ignore[method-assign]
     return app

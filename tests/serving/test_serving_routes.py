@@ -117,3 +117,11 @@ def test_operation_ids_are_stable(client):
     assert {"200", "401", "403", "413", "422", "429", "503"} <= set(responses)
     schemes = spec["components"]["securitySchemes"]
     assert {s["type"] for s in schemes.values()} == {"http", "apiKey"}
+    # every /v1 operation asks for a key, by either scheme; the probes ask for none
+    either = [{name: []} for name in schemes]
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            expected = either if path.startswith("/v1/") else None
+            assert operation.get("security") == expected, (method, path)
+    binary = spec["paths"]["/v1/predictions/binary"]["post"]["parameters"]
+    assert {p["name"] for p in binary if p["required"]} == {"sample_rate_hz", "windows", "samples"}
