@@ -34,7 +34,7 @@ flower-superexec \
   --runtime-api-address "$FEDPM_SUPERLINK" \
   --root-certificates "$etc/superlink-ca/ca.crt" \
   --superexec-auth-secret-file "$etc/superexec-auth/secret" \
-  --health-server-address 0.0.0.0:9098 &
+  --health-server-address 0.0.0.0:9095 &
 superexec=$!
 
 read -r -a extra <<< "${FEDPM_RUN_EXTRA_ARGS:-}"
