@@ -510,7 +510,9 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         task = asyncio.create_task(watcher.run()) if settings.model_poll_s > 0 else None
         delivery = None
         if settings.delivery_enabled:  # webhook outbox (serving.delivery)
-            app.state.delivery_worker = DeliveryWorker(state_store, policy_from(settings), metrics)
+            app.state.delivery_worker = DeliveryWorker(
+                state_store, policy_from(settings), metrics, egress=settings.egress_policy()
+            )
             delivery = asyncio.create_task(app.state.delivery_worker.run())
         # Everything loaded so far (torch, onnx, pydantic schemas, the model) lives as long as
         # the process: move it out of the cyclic collector's generations, so that a collection

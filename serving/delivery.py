@@ -35,6 +35,7 @@ from email.utils import parsedate_to_datetime
 import anyio.to_thread
 import httpx
 
+from serving.egress import EgressPolicy, EgressRefusedError, guarded_transport
 from serving.integration_types import DeliveryResult, IntegrationStore, OutboxItem, Webhook
 from serving.metrics import ServingMetrics
 from serving.settings import ServeSettings
@@ -145,13 +146,16 @@ class DeliveryWorker:
         policy: DeliveryPolicy,
         metrics: ServingMetrics,
         *,
+        egress: EgressPolicy | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.store = store
         self.policy = policy
         self.metrics = metrics
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-        self._transport = transport
+        # every connection checked against the egress policy (serving.egress), unless a test
+        # or an embedding application brings its own transport
+        self._transport = transport or guarded_transport(egress or EgressPolicy())
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -239,6 +243,8 @@ class DeliveryWorker:
         try:
             response = await client.post(hook.url, content=item.body, headers=headers)
         except httpx.HTTPError as exc:
+            if isinstance(exc.__cause__, EgressRefusedError):  # permanent until someone acts
+                return DeliveryResult("dead", None, f"refused: {exc.__cause__}")
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             return classify(item, time.time(), self.policy, status_code=None, error=error)
         return classify(

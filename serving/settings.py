@@ -11,8 +11,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from serving.egress import EgressPolicy, parse_networks
 
 MiB = 1024 * 1024
 
@@ -57,6 +59,11 @@ class ServeSettings(BaseSettings):
         Seconds between looks at the outbox when it is idle (a new request wakes it at once).
     delivery_lease_s
         How long a claimed outbox row is held by this process before another may take it.
+    webhook_allowed_networks
+        Networks (CIDR) besides public addresses that webhooks may be delivered to, e.g. the
+        plant network of an on-premises SAP or Maximo: ``'["10.20.0.0/16"]'`` in the
+        environment. Loopback, private, link-local and reserved addresses are refused unless
+        listed (:mod:`serving.egress`).
     workers
         uvicorn worker processes. Above 1, ``/metrics`` sums every worker's figures
         (prometheus_client's multiprocess mode, in ``PROMETHEUS_MULTIPROC_DIR`` or a temporary
@@ -86,7 +93,18 @@ class ServeSettings(BaseSettings):
     delivery_max_age_s: float = Field(default=3 * 86_400.0, gt=0, le=90 * 86_400)
     delivery_poll_s: float = Field(default=1.0, gt=0, le=3600)
     delivery_lease_s: float = Field(default=60.0, gt=0, le=3600)
+    webhook_allowed_networks: tuple[str, ...] = Field(default=(), max_length=256)
     workers: int = Field(default=1, ge=1, le=64)
+
+    @field_validator("webhook_allowed_networks")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        parse_networks(value)  # a clear error at start, not at the first delivery
+        return value
+
+    def egress_policy(self) -> EgressPolicy:
+        """Where webhooks may be delivered (:mod:`serving.egress`)."""
+        return EgressPolicy(parse_networks(self.webhook_allowed_networks))
 
 
 @lru_cache

@@ -13,7 +13,7 @@ import secrets
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Path, Request, Response, status
 
 from serving.assets_api import StoreDep
 from serving.auth import AUTH_ERRORS, require
@@ -34,6 +34,7 @@ from serving.integration_types import (
 )
 from serving.routing import JsonBodyRoute
 from serving.schemas import ErrorResponse
+from serving.settings import ServeSettings
 from serving.state import ApiKey, Permission
 
 router = APIRouter(route_class=JsonBodyRoute)
@@ -76,13 +77,24 @@ ManagerDep = Annotated[ApiKey, Depends(tenant_manager)]
     responses={**_RESPONSES, 201: {"model": WebhookOut, "description": "Created"}},
 )
 def put_webhook(
-    webhook_id: WebhookId, body: WebhookIn, response: Response, store: StoreDep, key: ManagerDep
+    webhook_id: WebhookId,
+    body: WebhookIn,
+    request: Request,
+    response: Response,
+    store: StoreDep,
+    key: ManagerDep,
 ) -> WebhookOut:
     """Create (``201``, with the secret when generated) or replace (``200``) a webhook.
 
     Every delivery is signed with the secret (``FedPM-Signature: t=...,v1=...``, HMAC-SHA256
     over ``t.body``; docs/erp-integration.md). An update without ``secret`` keeps the old one.
+    A URL whose host is or resolves to a loopback, private, link-local or reserved address is
+    refused (``422``) unless the operator allows its network (``webhook_allowed_networks``).
     """
+    settings: ServeSettings = request.app.state.settings
+    refusal = settings.egress_policy().check_url(body.url)
+    if refusal is not None:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"url: {refusal}")
     existing = store.get_webhook(key.tenant, webhook_id)
     generated = None
     secret = body.secret

@@ -60,7 +60,11 @@ def registry(tmp_path: Path) -> Path:
 def server(registry: Path, tmp_path: Path) -> Iterator[tuple[str, Path]]:
     state = tmp_path / "state.sqlite"
     settings = ServeSettings(
-        registry_dir=registry, state_path=state, model_poll_s=0, delivery_enabled=False
+        registry_dir=registry,
+        state_path=state,
+        model_poll_s=0,
+        delivery_enabled=False,
+        webhook_allowed_networks=("127.0.0.0/8",),
     )
     port = _free_port()
     app = create_app(settings)

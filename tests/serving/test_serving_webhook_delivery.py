@@ -38,6 +38,7 @@ FAST_DELIVERY = {
     "FEDPM_SERVE_DELIVERY_MAX_ATTEMPTS": "1000",
     "FEDPM_SERVE_RATE_LIMIT_PER_MINUTE": "0",
     "FEDPM_SERVE_MODEL_POLL_S": "0",
+    "FEDPM_SERVE_WEBHOOK_ALLOWED_NETWORKS": '["127.0.0.0/8"]',  # the receiver (serving.egress)
 }
 DEADLINE_S = 120.0  # a loaded 2-core machine is slow; the tests never assert on time
 
@@ -205,6 +206,7 @@ def test_a_permanent_error_is_dead_lettered_and_can_be_retried(
         delivery_backoff_cap_s=1.0,
         delivery_poll_s=0.2,
         rate_limit_per_minute=0,
+        webhook_allowed_networks=("127.0.0.0/8",),
     )
     receiver.status["/strict"] = 400
     hook = {"url": receiver.url("/strict"), "secret": SECRET}
@@ -235,3 +237,61 @@ def test_a_permanent_error_is_dead_lettered_and_can_be_retried(
     assert receiver.keys() == {letter["idempotency_key"]}  # the same key as before
     assert receiver.received.attempts["/strict"] == 2
     assert dead() == []
+
+
+def test_webhooks_to_internal_addresses_are_refused_unless_the_operator_allows_them(
+    make_client: Callable[..., Any],
+    served_registry: Path,
+    tmp_path: Path,
+    receiver: Receiver,
+    window: Callable[..., list[float]],
+):
+    # Prepare: an operator who allowed the receiver's loopback network sets a webhook up
+    state = tmp_path / "state.sqlite"
+    setup = make_client(
+        served_registry,
+        state_path=state,
+        delivery_enabled=False,
+        webhook_allowed_networks=("127.0.0.0/8",),
+    )
+    hook = {"url": receiver.url("/internal"), "secret": SECRET}
+    assert setup.put("/v1/webhooks/erp", json=hook).status_code == 201
+    rule = {"when": {"failure_probability_gte": 0.0}, "webhook_id": "erp"}
+    assert setup.put("/v1/rules/r", json=rule).status_code == 201
+    assert setup.put("/v1/assets/pump-1", json={"site": "plant-a"}).status_code == 201
+
+    # Execute: the same state served with the default policy (public addresses only)
+    client = make_client(
+        served_registry, state_path=state, delivery_poll_s=0.2, rate_limit_per_minute=0
+    )
+    refused = {
+        url: client.put("/v1/webhooks/probe", json={"url": url, "secret": SECRET})
+        for url in (
+            receiver.url("/x"),  # 127.0.0.1
+            f"http://localhost:{receiver.url('/x').rsplit(':', 1)[1]}",
+            "http://169.254.169.254/latest/meta-data/",  # a cloud's instance metadata
+            "http://[::ffff:10.0.0.1]/hook",
+        )
+    }
+    unresolved = client.put(
+        "/v1/webhooks/later", json={"url": "https://erp.invalid/hook", "secret": SECRET}
+    )
+    body = {"sample_rate_hz": 12000, "asset_id": "pump-1", "windows": [window()]}
+    assert client.post("/v1/predictions", json=body).status_code == 200
+
+    def dead() -> list[dict[str, Any]]:
+        letters: list[dict[str, Any]] = client.get("/v1/dead-letters").json()["dead_letters"]
+        return letters
+
+    _wait("the refused delivery", lambda: len(dead()) == 1)
+
+    # Assert: each internal URL is a 422 that says why; a name that does not resolve yet is
+    # accepted (every delivery checks again); the delivery to loopback never left the service
+    for url, answer in refused.items():
+        assert answer.status_code == 422, url
+        assert "not a public address" in answer.json()["detail"], url
+    assert unresolved.status_code == 201
+    letter = dead()[0]
+    assert letter["last_error"].startswith("refused: webhook host 127.0.0.1")
+    assert letter["attempts"] == 1
+    assert receiver.received.attempts.get("/internal", 0) == 0

@@ -21,6 +21,8 @@ from serving.state import SCHEMA_VERSION, Asset, SqliteStateStore
 
 SECRET = "a-test-secret-of-32-characters!!"
 WEBHOOK = {"url": "http://127.0.0.1:9/hook", "format": "json", "secret": SECRET}
+# no delivery worker; the operator allows webhooks to this host (serving.egress)
+OFFLINE: dict[str, Any] = {"delivery_enabled": False, "webhook_allowed_networks": ("127.0.0.0/8",)}
 
 
 def _setup(client: Any, rule: dict[str, Any] | None = None, assets: tuple[str, ...] = ()) -> None:
@@ -48,9 +50,7 @@ def _outbox(state: Path) -> list[tuple[Any, ...]]:
 
 def test_webhook_secret_is_returned_once_and_never_again(make_client, tmp_path, served_registry):
     # Prepare
-    client = make_client(
-        served_registry, state_path=tmp_path / "state.sqlite", delivery_enabled=False
-    )
+    client = make_client(served_registry, state_path=tmp_path / "state.sqlite", **OFFLINE)
     headers = {"Authorization": "Basic c2VjcmV0"}
 
     # Execute
@@ -89,9 +89,7 @@ def test_invalid_webhooks_are_refused_with_a_reason(
     make_client, tmp_path, served_registry, body, fragment
 ):
     # Prepare
-    client = make_client(
-        served_registry, state_path=tmp_path / "state.sqlite", delivery_enabled=False
-    )
+    client = make_client(served_registry, state_path=tmp_path / "state.sqlite", **OFFLINE)
 
     # Execute
     answer = client.put("/v1/webhooks/bad", json=body)
@@ -105,9 +103,7 @@ def test_rules_need_an_existing_webhook_and_a_tenant_wide_key(
     make_client, tmp_path, served_registry
 ):
     # Prepare
-    client = make_client(
-        served_registry, state_path=tmp_path / "state.sqlite", delivery_enabled=False
-    )
+    client = make_client(served_registry, state_path=tmp_path / "state.sqlite", **OFFLINE)
     state = tmp_path / "state.sqlite"
     site_key = api_key(state, sites=["plant-a"])
     rule = {"when": {"iso_zones": ["C", "D"]}, "consecutive": 3, "webhook_id": "nope"}
@@ -136,9 +132,7 @@ def test_consecutive_windows_count_across_requests_and_open_one_request(
     make_client, tmp_path, served_registry, window
 ):
     # Prepare
-    client = make_client(
-        served_registry, state_path=tmp_path / "state.sqlite", delivery_enabled=False
-    )
+    client = make_client(served_registry, state_path=tmp_path / "state.sqlite", **OFFLINE)
     rule = {"when": {"failure_probability_gte": 0.0}, "consecutive": 3, "webhook_id": "cmms"}
     _setup(client, rule, assets=("pump-1",))
     state = tmp_path / "state.sqlite"
@@ -168,13 +162,13 @@ def test_counters_survive_a_restart(make_client, served_registry, window, tmp_pa
     # Prepare
     state = tmp_path / "state.sqlite"
     rule = {"when": {"failure_probability_gte": 0.0}, "consecutive": 2, "webhook_id": "cmms"}
-    first = make_client(served_registry, state_path=state, delivery_enabled=False)
+    first = make_client(served_registry, state_path=state, **OFFLINE)
     _setup(first, rule, assets=("pump-1",))
     _predict(first, window, "pump-1", n=1)
     first.__exit__(None, None, None)
 
     # Execute: a new process on the same state file sees the second window
-    second = make_client(served_registry, state_path=state, delivery_enabled=False)
+    second = make_client(served_registry, state_path=state, **OFFLINE)
     _predict(second, window, "pump-1", n=1)
 
     # Assert
@@ -183,9 +177,7 @@ def test_counters_survive_a_restart(make_client, served_registry, window, tmp_pa
 
 def test_closing_frees_dedup_and_records_a_label(make_client, tmp_path, served_registry, window):
     # Prepare
-    client = make_client(
-        served_registry, state_path=tmp_path / "state.sqlite", delivery_enabled=False
-    )
+    client = make_client(served_registry, state_path=tmp_path / "state.sqlite", **OFFLINE)
     _setup(client, assets=("pump-1",))
     _predict(client, window, "pump-1", measured_at="2026-03-01T08:00:00Z", contiguous=True, n=2)
     request = client.get("/v1/maintenance-requests").json()["requests"][0]
@@ -225,9 +217,7 @@ def test_closing_frees_dedup_and_records_a_label(make_client, tmp_path, served_r
 
 def test_site_scoped_keys_see_only_their_sites(make_client, tmp_path, served_registry, window):
     # Prepare
-    client = make_client(
-        served_registry, state_path=tmp_path / "state.sqlite", delivery_enabled=False
-    )
+    client = make_client(served_registry, state_path=tmp_path / "state.sqlite", **OFFLINE)
     _setup(client, assets=("pump-1",))
     _predict(client, window, "pump-1")
     rid = client.get("/v1/maintenance-requests").json()["requests"][0]["request_id"]
@@ -252,9 +242,7 @@ def test_sap_and_maximo_webhooks_queue_their_formats(
     make_client, tmp_path, served_registry, window
 ):
     # Prepare
-    client = make_client(
-        served_registry, state_path=tmp_path / "state.sqlite", delivery_enabled=False
-    )
+    client = make_client(served_registry, state_path=tmp_path / "state.sqlite", **OFFLINE)
     state = tmp_path / "state.sqlite"
     client.put(
         "/v1/webhooks/sap",
@@ -314,9 +302,7 @@ def test_a_schema_1_state_file_is_migrated(tmp_path):
 
 def test_dead_letters_are_listed_and_can_be_retried(make_client, tmp_path, served_registry, window):
     # Prepare: a dead letter, as the worker leaves one after a permanent error
-    client = make_client(
-        served_registry, state_path=tmp_path / "state.sqlite", delivery_enabled=False
-    )
+    client = make_client(served_registry, state_path=tmp_path / "state.sqlite", **OFFLINE)
     _setup(client, assets=("pump-1",))
     _predict(client, window, "pump-1")
     state = tmp_path / "state.sqlite"
