@@ -199,3 +199,46 @@ def render(request: MaintenanceRequest, asset: AssetView, webhook: Webhook) -> t
         payload = json_payload(request, asset)
     body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
     return body, "application/json"
+
+
+MAXIMO_RETURN_HEADERS: Final = {"properties": "wonum,siteid"}
+"""Asks Maximo's OSLC API to answer a create with the new work order's number."""
+REFERENCE_MAX: Final = 100
+"""Longest document number kept (``work_order_id``'s limit on close)."""
+
+
+def request_headers(fmt: str) -> dict[str, str]:
+    """Headers a format's receiver needs besides FedPM's own (Maximo: what to answer with)."""
+    return dict(MAXIMO_RETURN_HEADERS) if fmt == "maximo" else {}
+
+
+def created_reference(fmt: str, body: bytes) -> str | None:
+    """The document number a receiver answered a delivery with, or None.
+
+    - ``sap``: the new notification's ``MaintenanceNotification`` (OData v2 ``{"d": {...}}``,
+      or v4 without the ``d``);
+    - ``maximo``: ``wonum`` (returned because the delivery asks with ``properties``);
+    - ``json``: ``work_order_id``, if the receiver answers with one.
+
+    Examples
+    --------
+    >>> created_reference("sap", b'{"d": {"MaintenanceNotification": "10004711"}}')
+    '10004711'
+    >>> created_reference("maximo", b'{"wonum": "1203", "siteid": "BEDFORD"}')
+    '1203'
+    >>> created_reference("json", b"") is None
+    True
+    """
+    field = {"sap": "MaintenanceNotification", "maximo": "wonum"}.get(fmt, "work_order_id")
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if isinstance(document, dict) and isinstance(document.get("d"), dict):
+        document = document["d"]
+    value = document.get(field) if isinstance(document, dict) else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not value.strip() or len(value) > REFERENCE_MAX:
+        return None
+    return value.strip()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import random
@@ -35,6 +36,7 @@ from email.utils import parsedate_to_datetime
 import anyio.to_thread
 import httpx
 
+from serving.adapters import created_reference, request_headers
 from serving.egress import EgressPolicy, EgressRefusedError, guarded_transport
 from serving.integration_types import DeliveryResult, IntegrationStore, OutboxItem, Webhook
 from serving.metrics import ServingMetrics
@@ -234,6 +236,7 @@ class DeliveryWorker:
     ) -> DeliveryResult:
         headers = {
             **hook.headers,
+            **request_headers(hook.format),
             "Content-Type": item.content_type,
             IDEMPOTENCY_HEADER: item.idempotency_key,
             EVENT_HEADER: item.event,
@@ -247,10 +250,14 @@ class DeliveryWorker:
                 return DeliveryResult("dead", None, f"refused: {exc.__cause__}")
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             return classify(item, time.time(), self.policy, status_code=None, error=error)
-        return classify(
+        result = classify(
             item,
             time.time(),
             self.policy,
             status_code=response.status_code,
             retry_after=response.headers.get("retry-after"),
         )
+        if result.outcome == "delivered":
+            reference = created_reference(hook.format, response.content)
+            result = dataclasses.replace(result, reference=reference)
+        return result

@@ -214,6 +214,8 @@ class DeliveryResult:
     status_code: int | None = None
     error: str = ""
     next_attempt_at: float | None = None
+    reference: str | None = None
+    """The ERP's number for what the delivery created (SAP notification, Maximo work order)."""
 
 
 Renderer = Callable[[MaintenanceRequest, "AssetView", Webhook], tuple[bytes, str]]

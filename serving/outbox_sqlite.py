@@ -81,7 +81,17 @@ class SqliteOutboxMixin:
                     owner,
                 ),
             )
-            return cur.rowcount == 1
+            if cur.rowcount != 1:
+                return False
+            if result.outcome == "delivered" and result.reference is not None:
+                # the ERP's document number, until the close names the work order itself
+                conn.execute(
+                    "UPDATE maintenance_requests SET work_order_id = ? WHERE work_order_id IS NULL"
+                    " AND (tenant, request_id) ="
+                    " (SELECT tenant, request_id FROM outbox WHERE outbox_id = ?)",
+                    (result.reference, outbox_id),
+                )
+            return True
 
     def release_outbox(self, outbox_id: int, owner: str, next_attempt_at: float) -> None:
         """Give a leased row back (its webhook is disabled, or the worker is stopping)."""

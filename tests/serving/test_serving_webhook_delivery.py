@@ -9,6 +9,7 @@ signature valid. Waits poll with generous deadlines; nothing asserts on timing.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -295,3 +296,50 @@ def test_webhooks_to_internal_addresses_are_refused_unless_the_operator_allows_t
     assert letter["last_error"].startswith("refused: webhook host 127.0.0.1")
     assert letter["attempts"] == 1
     assert receiver.received.attempts.get("/internal", 0) == 0
+
+
+def test_the_erp_document_number_is_read_back_from_sap_and_maximo(
+    make_client: Callable[..., Any],
+    served_registry: Path,
+    tmp_path: Path,
+    receiver: Receiver,
+    window: Callable[..., list[float]],
+):
+    # Prepare: SAP answers a create with the notification (OData v2), Maximo with the work
+    # order's wonum (it was asked for it); one rule and one asset for each
+    receiver.status.update({"/sap": 201, "/maximo": 201})
+    receiver.replies["/sap"] = json.dumps(
+        {"d": {"MaintenanceNotification": "10004711", "NotificationType": "M2"}}
+    ).encode()
+    receiver.replies["/maximo"] = b'{"wonum": "1203", "siteid": "BEDFORD"}'
+    client = make_client(
+        served_registry,
+        state_path=tmp_path / "state.sqlite",
+        delivery_poll_s=0.2,
+        rate_limit_per_minute=0,
+        webhook_allowed_networks=("127.0.0.0/8",),
+    )
+    for fmt in ("sap", "maximo"):
+        hook = {"url": receiver.url(f"/{fmt}"), "secret": SECRET, "format": fmt}
+        assert client.put(f"/v1/webhooks/{fmt}", json=hook).status_code == 201
+        rule = {"when": {"failure_probability_gte": 0.0}, "webhook_id": fmt}
+        rule["asset_ids"] = [f"pump-{fmt}"]
+        assert client.put(f"/v1/rules/{fmt}", json=rule).status_code == 201
+        asset = client.put(f"/v1/assets/pump-{fmt}", json={"site": "plant-a"})
+        assert asset.status_code == 201
+
+    # Execute
+    for fmt in ("sap", "maximo"):
+        body = {"sample_rate_hz": 12000, "asset_id": f"pump-{fmt}", "windows": [window()]}
+        assert client.post("/v1/predictions", json=body).status_code == 200
+
+    def numbers() -> dict[str, str | None]:
+        listed = client.get("/v1/maintenance-requests").json()["requests"]
+        return {r["asset_id"]: r["work_order_id"] for r in listed}
+
+    _wait("both numbers", lambda: None not in numbers().values() and len(numbers()) == 2)
+
+    # Assert
+    assert numbers() == {"pump-sap": "10004711", "pump-maximo": "1203"}
+    assert receiver.received.headers["/maximo"]["properties"] == "wonum,siteid"
+    assert "properties" not in receiver.received.headers["/sap"]

@@ -25,6 +25,7 @@ class Received:
     duplicates: int = 0
     attempts: dict[str, int] = field(default_factory=dict)  # path -> POSTs
     bad_signatures: int = 0
+    headers: dict[str, dict[str, str]] = field(default_factory=dict)  # path -> last headers
 
 
 class Receiver:
@@ -34,6 +35,7 @@ class Receiver:
         self.secret = secret
         self.port = port
         self.status: dict[str, int] = {}
+        self.replies: dict[str, bytes] = {}  # path -> body of a 2xx answer (an ERP's create)
         self.received = Received()
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -80,6 +82,7 @@ class Receiver:
         signature = handler.headers.get(SIGNATURE_HEADER, "")
         with self._lock:
             self.received.attempts[path] = self.received.attempts.get(path, 0) + 1
+            self.received.headers[path] = {k.lower(): v for k, v in handler.headers.items()}
             answer = self.status.get(path, 200)
             if not verify_signature(body, signature, self.secret):
                 self.received.bad_signatures += 1
@@ -89,6 +92,9 @@ class Receiver:
                     self.received.duplicates += 1
                 else:
                     self.received.accepted[key] = json.loads(body)
+        reply = self.replies.get(path, b"") if 200 <= answer < 300 else b""
         handler.send_response(answer)
-        handler.send_header("Content-Length", "0")
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(reply)))
         handler.end_headers()
+        handler.wfile.write(reply)
