@@ -180,20 +180,23 @@ def evaluate(
     if len(y) == 0:
         return EvalResult(float("nan"), float("nan"), 0, {})
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
-    total, preds = 0.0, []
+    # sums and predictions stay on the device until the end: one synchronisation per call,
+    # not one per batch (on a GPU each float() or .cpu() waits for the queue to drain)
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    preds = []
     for start in range(0, len(y), batch_size):
         xb = torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size])).to(device)
         yb = torch.from_numpy(y[start : start + batch_size]).to(device)
         logits, _ = net(xb)
-        total += float(loss_fn(logits, yb))
-        preds.append(logits.argmax(1).cpu().numpy())
-    pred = np.concatenate(preds)
+        total += loss_fn(logits, yb).double()
+        preds.append(logits.argmax(1))
+    pred = torch.cat(preds).cpu().numpy()
     per_class = {
         name: float((pred[y == k] == k).mean())
         for k, name in enumerate(class_names)
         if (y == k).any()
     }
-    return EvalResult(total / len(y), float((pred == y).mean()), len(y), per_class)
+    return EvalResult(float(total) / len(y), float((pred == y).mean()), len(y), per_class)
 
 
 def time_split(
