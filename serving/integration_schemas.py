@@ -18,10 +18,12 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StringConstraints,
     field_validator,
     model_validator,
 )
 
+from models.failure_codes import DEFAULT_FAILURE_CODES, normalise_code
 from serving.adapters import MAXIMO_SETTINGS, SAP_SETTINGS
 from serving.integration_types import (
     Label,
@@ -447,3 +449,49 @@ class DeadLetterList(BaseModel):
     """A tenant's dead letters, newest first."""
 
     dead_letters: list[DeadLetterOut]
+
+
+FailureCode = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64, pattern=r"^\S+$")
+]
+FaultClass = Annotated[str, Field(pattern=CLASS_PATTERN)]
+
+
+class FailureCodesIn(BaseModel):
+    """A tenant's own failure codes: its CMMS's codes and the FedPM class each stands for."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"codes": {"DMG-0815": "outer_race", "DMG-0816": "inner_race"}}]
+        },
+    )
+
+    codes: dict[FailureCode, FaultClass] = Field(
+        max_length=1000,
+        description="Failure code (matched case-insensitively) -> FedPM class. Replaces the "
+        "tenant's previous codes; they win over the defaults.",
+    )
+
+    @field_validator("codes")
+    @classmethod
+    def _unique_codes(cls, value: dict[str, str]) -> dict[str, str]:
+        normalised: dict[str, str] = {}
+        for code, fault_class in value.items():
+            key = normalise_code(code)
+            if key in normalised and normalised[key] != fault_class:
+                raise ValueError(f"code {key!r} is given twice with different classes")
+            normalised[key] = fault_class
+        return normalised
+
+
+class FailureCodesOut(BaseModel):
+    """The failure codes a close resolves: the tenant's own, then FedPM's defaults."""
+
+    codes: dict[str, str] = Field(description="The tenant's own codes (upper case) -> class.")
+    defaults: dict[str, str] = Field(description="FedPM's default codes -> class.")
+
+    @classmethod
+    def of(cls, codes: dict[str, str]) -> FailureCodesOut:
+        """The answer for a tenant's codes."""
+        return cls(codes=codes, defaults=dict(DEFAULT_FAILURE_CODES))

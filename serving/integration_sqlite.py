@@ -18,7 +18,7 @@ import json
 import math
 import secrets
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
@@ -494,6 +494,22 @@ class SqliteIntegrationMixin(SqliteOutboxMixin):
                 created_at=closure.closed_at,
             )
         return closed, label
+
+    def put_failure_codes(self, tenant: str, codes: Mapping[str, str], now: float) -> None:
+        """Replace a tenant's failure codes (upper-case code -> FedPM class) with ``codes``."""
+        with self._tx() as conn:
+            conn.execute("DELETE FROM failure_codes WHERE tenant = ?", (tenant,))
+            conn.executemany(
+                "INSERT INTO failure_codes VALUES (?, ?, ?, ?)",
+                [(tenant, code, fault_class, now) for code, fault_class in codes.items()],
+            )
+
+    def get_failure_codes(self, tenant: str) -> dict[str, str]:
+        """A tenant's own failure codes (upper-case code -> FedPM class)."""
+        rows = self._query(
+            "SELECT code, fault_class FROM failure_codes WHERE tenant = ? ORDER BY code", (tenant,)
+        )
+        return {str(code): str(fault_class) for code, fault_class in rows}
 
     def list_labels(
         self, tenant: str, sites: frozenset[str], after: int, limit: int

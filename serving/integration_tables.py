@@ -21,6 +21,15 @@ from serving.integration_types import (
     Webhook,
 )
 
+FAILURE_CODES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS failure_codes (
+    tenant TEXT NOT NULL, code TEXT NOT NULL, fault_class TEXT NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (tenant, code)
+) WITHOUT ROWID;
+"""
+"""A tenant's own failure codes (state schema 4): code (upper case) -> FedPM class."""
+
 INTEGRATION_SCHEMA = """
 CREATE TABLE IF NOT EXISTS webhooks (
     tenant TEXT NOT NULL, webhook_id TEXT NOT NULL, url TEXT NOT NULL, format TEXT NOT NULL,

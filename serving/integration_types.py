@@ -19,7 +19,7 @@ Exception tree::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -296,6 +296,12 @@ class IntegrationStore(Protocol):
         self, tenant: str, request_id: str, closure: Closure, label_asset_id: str
     ) -> tuple[MaintenanceRequest, Label | None]:
         """Close an open request; record a label when the closure names a class."""
+
+    def put_failure_codes(self, tenant: str, codes: Mapping[str, str], now: float) -> None:
+        """Replace a tenant's failure codes (upper-case code -> FedPM class) with ``codes``."""
+
+    def get_failure_codes(self, tenant: str) -> dict[str, str]:
+        """A tenant's own failure codes (upper-case code -> FedPM class)."""
 
     def list_labels(
         self, tenant: str, sites: frozenset[str], after: int, limit: int

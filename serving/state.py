@@ -31,7 +31,7 @@ from serving import history
 from serving.errors import ServingError
 from serving.history import HistoryPoint, StoredHealthBaseline
 from serving.integration_sqlite import SqliteIntegrationMixin
-from serving.integration_tables import INTEGRATION_SCHEMA
+from serving.integration_tables import FAILURE_CODES_SCHEMA, INTEGRATION_SCHEMA
 from serving.integration_types import IntegrationStore
 
 KEY_PREFIX = "fpm"
@@ -39,7 +39,7 @@ _KEY_RE = re.compile(r"^fpm_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 #: identifiers of tenants, sites and assets: what an ERP key field holds, nothing that needs
 #: escaping in a URL path segment or a log line
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class StateError(ServingError):
@@ -460,6 +460,7 @@ class SqliteStateStore(SqliteIntegrationMixin):
 _MIGRATIONS: dict[int, str] = {
     2: history.HISTORY_SCHEMA,  # per-asset condition history and health baselines
     3: INTEGRATION_SCHEMA,  # webhooks, rules, maintenance requests, outbox, labels
+    4: FAILURE_CODES_SCHEMA,  # each tenant's own failure codes
 }
 """SQL that brings a store from the version before to the key's; each step idempotent
 (``CREATE ... IF NOT EXISTS``), so a step interrupted half-way is simply run again."""

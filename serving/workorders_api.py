@@ -27,6 +27,8 @@ from serving.integration_schemas import (
     CloseResponse,
     DeadLetterList,
     DeadLetterOut,
+    FailureCodesIn,
+    FailureCodesOut,
     LabelOut,
     LabelPage,
     MaintenanceRequestList,
@@ -117,8 +119,9 @@ def close_maintenance_request(
 ) -> CloseResponse:
     """Close an open request, freeing its asset and fault for a new one.
 
-    A ``fault_class``, or a ``failure_code`` that maps to one (BRG-OR -> outer_race, NFF ->
-    normal ...), records a label over the fault span (default: the first to the last
+    A ``fault_class``, or a ``failure_code`` that maps to one (the tenant's own codes, set with
+    ``PUT /v1/failure-codes``, then the defaults: BRG-OR -> outer_race, NFF -> normal ...),
+    records a label over the fault span (default: the first to the last
     triggering window) for the asset's site; an unknown code without a class is a ``422``.
     Closing twice is a ``409``.
     """
@@ -126,7 +129,9 @@ def close_maintenance_request(
     fault_class = body.fault_class
     if fault_class is None and body.failure_code is not None:
         try:
-            fault_class = resolve_failure_code(body.failure_code)
+            fault_class = resolve_failure_code(
+                body.failure_code, store.get_failure_codes(key.tenant)
+            )
         except KeyError as exc:
             raise HTTPException(
                 status.HTTP_422_UNPROCESSABLE_CONTENT,
@@ -220,3 +225,32 @@ def retry_dead_letter(
     if worker is not None:
         worker.wake()
     return DeadLetterOut.from_item(item)
+
+
+@router.put(
+    "/v1/failure-codes",
+    tags=["maintenance"],
+    summary="Set the tenant's own failure codes",
+    responses=_RESPONSES,
+)
+def put_failure_codes(body: FailureCodesIn, store: StoreDep, key: ManagerDep) -> FailureCodesOut:
+    """Replace the tenant's failure codes: its CMMS's codes -> FedPM classes.
+
+    SAP damage codes and Maximo failure codes are each company's own catalogue; this map lets a
+    close name the code the planner chose (``DMG-0815``) and still label the fault span with
+    the FedPM class (``outer_race``). The tenant's codes win over FedPM's defaults; an empty
+    map removes them.
+    """
+    store.put_failure_codes(key.tenant, body.codes, time.time())
+    return FailureCodesOut.of(store.get_failure_codes(key.tenant))
+
+
+@router.get(
+    "/v1/failure-codes",
+    tags=["maintenance"],
+    summary="The failure codes a close resolves",
+    responses=_RESPONSES,
+)
+def get_failure_codes(store: StoreDep, key: KeyDep) -> FailureCodesOut:
+    """The tenant's own failure codes, and FedPM's defaults that apply where they are silent."""
+    return FailureCodesOut.of(store.get_failure_codes(key.tenant))

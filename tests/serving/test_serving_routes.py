@@ -107,6 +107,8 @@ def test_operation_ids_are_stable(client):
         ("/v1/maintenance-requests/{request_id}", "get"): "get_maintenance_request",
         ("/v1/maintenance-requests/{request_id}/close", "post"): "close_maintenance_request",
         ("/v1/labels", "get"): "list_labels",
+        ("/v1/failure-codes", "put"): "put_failure_codes",
+        ("/v1/failure-codes", "get"): "get_failure_codes",
         ("/v1/dead-letters", "get"): "list_dead_letters",
         ("/v1/dead-letters/{dead_letter_id}/retry", "post"): "retry_dead_letter",
         ("/health", "get"): "get_health",

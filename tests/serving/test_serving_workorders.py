@@ -215,6 +215,43 @@ def test_closing_frees_dedup_and_records_a_label(make_client, tmp_path, served_r
     assert "PUMP-SEAL" in unknown.json()["detail"]
 
 
+def test_a_tenants_own_failure_codes_label_its_closes(
+    make_client, tmp_path, served_registry, window
+):
+    # Prepare: acme's CMMS uses its own damage codes; globex has none
+    client = make_client(served_registry, state_path=tmp_path / "state.sqlite", **OFFLINE)
+    _setup(client, assets=("pump-1",))
+    state = tmp_path / "state.sqlite"
+    globex = {"Authorization": f"Bearer {api_key(state, tenant='globex')}"}
+    site_key = {"Authorization": f"Bearer {api_key(state, sites=['plant-a'])}"}
+    codes = {"DMG-0815": "outer_race", "dmg-0816 ": "inner_race"}
+
+    # Execute
+    put = client.put("/v1/failure-codes", json={"codes": codes})
+    _predict(client, window, "pump-1")
+    rid = client.get("/v1/maintenance-requests").json()["requests"][0]["request_id"]
+    closed = client.post(f"/v1/maintenance-requests/{rid}/close", json={"failure_code": "dmg-0815"})
+    theirs = client.get("/v1/failure-codes", headers=globex).json()
+    clash = client.put("/v1/failure-codes", json={"codes": {"a": "ball", "A": "cage"}})
+    bad_class = client.put("/v1/failure-codes", json={"codes": {"X-1": "no spaces"}})
+    scoped = client.put("/v1/failure-codes", json={"codes": {}}, headers=site_key)
+    cleared = client.put("/v1/failure-codes", json={"codes": {}})
+
+    # Assert: stored upper case, used by the close, invisible to another tenant
+    assert put.status_code == 200, put.text
+    assert put.json()["codes"] == {"DMG-0815": "outer_race", "DMG-0816": "inner_race"}
+    assert put.json()["defaults"]["BRG-OR"] == "outer_race"
+    assert closed.status_code == 200, closed.text
+    assert closed.json()["label"]["label"] == "outer_race"
+    assert closed.json()["request"]["failure_code"] == "dmg-0815"  # as the CMMS sent it
+    assert theirs["codes"] == {}
+    assert clash.status_code == 422
+    assert "twice" in clash.json()["detail"]
+    assert bad_class.status_code == 422
+    assert scoped.status_code == 403  # codes belong to the whole tenant
+    assert cleared.json()["codes"] == {}
+
+
 def test_site_scoped_keys_see_only_their_sites(make_client, tmp_path, served_registry, window):
     # Prepare
     client = make_client(served_registry, state_path=tmp_path / "state.sqlite", **OFFLINE)
