@@ -25,10 +25,12 @@ address = "$superlink"
 root-certificates = "$ca"
 EOF
 
+# `flwr ... --format json` exits 0 even when it fails: its JSON's "success" says
 for site in $sites; do
-  if out=$(flwr supernode register "$keys/$site-supernode.pub" pilot --name "$site" --format json 2>&1); then
-    echo "registered $site: $out"
-  elif printf '%s' "$out" | grep -q "already in use"; then
+  out=$(flwr supernode register "$keys/$site-supernode.pub" pilot --name "$site" --format json 2>&1) || true
+  if printf '%s' "$out" | grep -q '"success": true'; then
+    echo "registered $site: $(printf '%s' "$out" | grep '"node-id"' | tr -d ' ,')"
+  elif printf '%s' "$out" | grep -q "Public key already in use"; then
     echo "$site: key already registered"
   else
     echo "registering $site failed: $out" >&2
