@@ -88,11 +88,13 @@ def compose_file() -> dict[str, Any]:
     return data
 
 
-def compose_config(secrets_dir: Path) -> dict[str, Any]:
-    """The compose model as Debian's ``docker-compose config`` resolves it, every profile on."""
+def compose_config(secrets_dir: Path, *overrides: Path) -> dict[str, Any]:
+    """The compose model as Debian's ``docker-compose config`` resolves it, every profile on
+    (``overrides``: more compose files on top, as ``-f`` takes them)."""
     binary = require_binary("docker-compose", "docker-compose")
+    files = [arg for f in (COMPOSE, *overrides) for arg in ("-f", str(f))]
     result = subprocess.run(
-        [binary, "-f", str(COMPOSE), "--profile", "train", "config"],
+        [binary, *files, "--profile", "train", "config"],
         env={**os.environ, "FEDPM_SECRETS_DIR": str(secrets_dir)},
         capture_output=True,
         text=True,

@@ -89,6 +89,13 @@ def test_compose_validates_and_builds_from_the_repository(config: dict[str, Any]
     assert compose_file()["services"]["fl-run"]["profiles"] == ["train"]
 
 
+def test_gpu_override_gives_the_aggregator_one_gpu(secrets_dir: Path) -> None:
+    with_gpu = compose_config(secrets_dir, DOCKER / "compose.gpu.yml")["services"]
+    (device,) = with_gpu["aggregator"]["deploy"]["resources"]["reservations"]["devices"]
+    assert device == {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}
+    assert not [name for name, svc in with_gpu.items() if "deploy" in svc and name != "aggregator"]
+
+
 def test_every_secret_is_a_mounted_file_the_script_makes(
     config: dict[str, Any], secrets_dir: Path
 ) -> None:
