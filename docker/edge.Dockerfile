@@ -86,8 +86,9 @@ RUN groupadd --system --gid 10001 fedpm \
     && chown -R 10001:10001 /var/lib/fedpm
 COPY --from=builder /opt/venv /opt/venv
 COPY docker/entrypoint.sh /usr/local/bin/fedpm-entrypoint
+# No FEDPM_EDGE_REGISTRY_DIR here: a factory node takes models from model_url (OTA), and
+# the two are refused together; the pilot compose stack, which mounts a registry, sets it.
 ENV FEDPM_EDGE_STORE_PATH=/var/lib/fedpm/store/store.sqlite \
-    FEDPM_EDGE_REGISTRY_DIR=/var/lib/fedpm/registry \
     FEDPM_EDGE_METRICS_HOST=0.0.0.0 \
     FEDPM_EDGE_METRICS_PORT=9100 \
     FEDPM_EDGE_LOG_JSON=true \
