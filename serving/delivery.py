@@ -62,7 +62,7 @@ class DeliveryPolicy:
     max_attempts: int = 1000
     max_age_s: float = 3 * 86_400.0
     lease_s: float = 60.0
-    poll_s: float = 1.0
+    poll_s: float = 10.0
     batch: int = 20
 
 
@@ -175,15 +175,37 @@ class DeliveryWorker:
             timeout=self.policy.timeout_s, follow_redirects=False, transport=self._transport
         ) as client:
             while True:
+                wait = self.policy.poll_s
                 try:
                     sent = await self.run_once(client)
+                    if sent < self.policy.batch:  # caught up: sleep until the next row is due
+                        wait = await self._idle_wait()
                 except Exception:  # the store is briefly unusable: try again next round
                     logger.exception("outbox delivery round failed")
                     sent = 0
                 if sent < self.policy.batch:
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), self.policy.poll_s)
+                        await asyncio.wait_for(self._wake.wait(), wait)
                     self._wake.clear()
+
+    async def _idle_wait(self) -> float:
+        """Refresh the outbox gauges; seconds until the next pending row is due (<= poll_s).
+
+        An idle worker looks at the shared outbox only when a row of its own comes due (a retry,
+        or a lease another worker let lapse) or every ``poll_s``; a row queued in this process
+        wakes it at once. So idle replicas do not query a shared database every second, and a
+        retry waits for its backoff, not for the next poll.
+        """
+
+        def look() -> tuple[dict[str, int], float | None]:
+            return self.store.outbox_counts(), self.store.outbox_next_due()
+
+        counts, due = await anyio.to_thread.run_sync(look)
+        for status, n in counts.items():
+            self.metrics.outbox_rows.labels(status).set(n)
+        if due is None:
+            return self.policy.poll_s
+        return min(max(due - time.time(), 0.0), self.policy.poll_s)
 
     async def run_once(self, client: httpx.AsyncClient) -> int:
         """Claim due rows and try each once; return how many were claimed."""
@@ -198,9 +220,6 @@ class DeliveryWorker:
                 for item, _ in claimed:  # (finished ones hold no lease: a no-op for them)
                     self.store.release_outbox(item.outbox_id, self.owner, time.time())
                 raise
-        counts = await anyio.to_thread.run_sync(self.store.outbox_counts)
-        for status, n in counts.items():
-            self.metrics.outbox_rows.labels(status).set(n)
         return len(claimed)
 
     async def _deliver(

@@ -329,3 +329,6 @@ class IntegrationStore(Protocol):
 
     def outbox_counts(self) -> dict[str, int]:
         """Outbox rows by status, over all tenants."""
+
+    def outbox_next_due(self) -> float | None:
+        """When the earliest pending row can next be claimed (due, lease over); None if none."""

@@ -127,6 +127,15 @@ class SqliteOutboxMixin:
             ).fetchone()
         return outbox_from(row)
 
+    def outbox_next_due(self) -> float | None:
+        """When the earliest pending row can next be claimed (due, lease over); None if none."""
+        rows = self._query(
+            "SELECT MIN(MAX(next_attempt_at, COALESCE(lease_until, 0))) FROM outbox"
+            " WHERE status = 'pending'"
+        )
+        due = rows[0][0] if rows else None
+        return None if due is None else float(cast(float, due))
+
     def outbox_counts(self) -> dict[str, int]:
         """Outbox rows by status, over all tenants."""
         counts = {"pending": 0, "delivered": 0, "dead": 0}

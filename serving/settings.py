@@ -56,7 +56,9 @@ class ServeSettings(BaseSettings):
     delivery_max_attempts, delivery_max_age_s
         A delivery is dead-lettered after this many attempts, or this long after it was queued.
     delivery_poll_s
-        Seconds between looks at the outbox when it is idle (a new request wakes it at once).
+        Longest time between looks at the outbox when it is idle: a request queued in this
+        process wakes the worker at once, and a retry wakes it when it falls due; this bounds
+        how late rows another replica left behind are picked up.
     delivery_lease_s
         How long a claimed outbox row is held by this process before another may take it.
     webhook_allowed_networks
@@ -91,7 +93,7 @@ class ServeSettings(BaseSettings):
     delivery_backoff_cap_s: float = Field(default=600.0, gt=0, le=86_400)
     delivery_max_attempts: int = Field(default=1000, ge=1, le=100_000)
     delivery_max_age_s: float = Field(default=3 * 86_400.0, gt=0, le=90 * 86_400)
-    delivery_poll_s: float = Field(default=1.0, gt=0, le=3600)
+    delivery_poll_s: float = Field(default=10.0, gt=0, le=3600)
     delivery_lease_s: float = Field(default=60.0, gt=0, le=3600)
     webhook_allowed_networks: tuple[str, ...] = Field(default=(), max_length=256)
     workers: int = Field(default=1, ge=1, le=64)

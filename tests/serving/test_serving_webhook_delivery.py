@@ -343,3 +343,39 @@ def test_the_erp_document_number_is_read_back_from_sap_and_maximo(
     assert numbers() == {"pump-sap": "10004711", "pump-maximo": "1203"}
     assert receiver.received.headers["/maximo"]["properties"] == "wonum,siteid"
     assert "properties" not in receiver.received.headers["/sap"]
+
+
+def test_an_idle_worker_retries_when_the_retry_falls_due_not_at_its_next_poll(
+    make_client: Callable[..., Any],
+    served_registry: Path,
+    tmp_path: Path,
+    receiver: Receiver,
+    window: Callable[..., list[float]],
+):
+    # Prepare: the worker looks at the outbox on its own only every 120 s; backoff is 0.2-0.5 s
+    client = make_client(
+        served_registry,
+        state_path=tmp_path / "state.sqlite",
+        delivery_poll_s=120.0,
+        delivery_backoff_base_s=0.2,
+        delivery_backoff_cap_s=0.5,
+        rate_limit_per_minute=0,
+        webhook_allowed_networks=("127.0.0.0/8",),
+    )
+    receiver.status["/flaky"] = 503
+    hook = {"url": receiver.url("/flaky"), "secret": SECRET}
+    assert client.put("/v1/webhooks/flaky", json=hook).status_code == 201
+    rule = {"when": {"failure_probability_gte": 0.0}, "webhook_id": "flaky"}
+    assert client.put("/v1/rules/r", json=rule).status_code == 201
+    assert client.put("/v1/assets/pump-1", json={"site": "plant-a"}).status_code == 201
+
+    # Execute: the first attempt fails; the receiver recovers while the worker idles
+    body = {"sample_rate_hz": 12000, "asset_id": "pump-1", "windows": [window()]}
+    assert client.post("/v1/predictions", json=body).status_code == 200
+    _wait("the first attempt", lambda: receiver.received.attempts.get("/flaky", 0) >= 1)
+    receiver.status["/flaky"] = 200
+    _wait("the retry", lambda: len(receiver.keys()) == 1, deadline_s=60.0)
+
+    # Assert: delivered by a retry long before the 120 s poll would have looked again
+    assert receiver.received.attempts["/flaky"] >= 2
+    assert client.get("/v1/dead-letters").json()["dead_letters"] == []
