@@ -150,26 +150,7 @@ def write_server_tls(
     _check_days(valid_days)
     ca_key = ec.generate_private_key(ec.SECP384R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    ca_cert = (
-        _builder(ca_name, ca_name, ca_key.public_key(), valid_days)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
-        .sign(ca_key, hashes.SHA384())
-    )
+    ca_cert = _ca_certificate(ca_key, ca_name, valid_days)
     server_key = ec.generate_private_key(ec.SECP384R1())
     server_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])])
     server_cert = (
@@ -239,23 +220,11 @@ class CertificateAuthority:
     key: Path
 
 
-def write_ca(
-    directory: Path, *, valid_days: int = 365, common_name: str = "FedPM dev CA"
-) -> CertificateAuthority:
-    """Write a new CA (``ca.crt``, ``ca.key``) into ``directory`` that can issue certificates.
-
-    Unlike :func:`write_server_tls`, the CA key is kept, so one CA can sign every server and
-    client of a deployment; keep ``ca.key`` away from the machines that only need to trust it.
-
-    Raises
-    ------
-    ValueError
-        ``valid_days < 1``.
-    """
-    _check_days(valid_days)
-    key = ec.generate_private_key(ec.SECP384R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    cert = (
+def _ca_certificate(
+    key: ec.EllipticCurvePrivateKey, name: x509.Name, valid_days: int
+) -> x509.Certificate:
+    """A self-signed CA certificate for ``key`` that may sign leaf certificates only."""
+    return (
         _builder(name, name, key.public_key(), valid_days)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
@@ -275,6 +244,25 @@ def write_ca(
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
         .sign(key, hashes.SHA384())
     )
+
+
+def write_ca(
+    directory: Path, *, valid_days: int = 365, common_name: str = "FedPM dev CA"
+) -> CertificateAuthority:
+    """Write a new CA (``ca.crt``, ``ca.key``) into ``directory`` that can issue certificates.
+
+    Unlike :func:`write_server_tls`, the CA key is kept, so one CA can sign every server and
+    client of a deployment; keep ``ca.key`` away from the machines that only need to trust it.
+
+    Raises
+    ------
+    ValueError
+        ``valid_days < 1``.
+    """
+    _check_days(valid_days)
+    key = ec.generate_private_key(ec.SECP384R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    cert = _ca_certificate(key, name, valid_days)
     directory.mkdir(parents=True, exist_ok=True)
     ca = CertificateAuthority(directory / "ca.crt", directory / "ca.key")
     ca.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,8 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
+
+from fedpm.netutil import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
@@ -49,13 +50,6 @@ def require_binary(name: str, package: str, *extra_paths: str) -> str:
             pytest.fail(f"{name} missing under CI: scripts/bootstrap.sh --dev installs {package}")
         pytest.skip(f"{name} is not installed (install {package})")
     return found
-
-
-def free_port() -> int:
-    """A TCP port free on the loopback interface right now."""
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:

@@ -24,7 +24,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -38,6 +37,7 @@ from typing import Any
 
 import pytest
 
+from fedpm.netutil import free_port
 from fedpm.procs import terminate
 
 HOST = "127.0.0.1"
@@ -49,13 +49,6 @@ def find_victoria_metrics() -> str | None:
     return shutil.which("victoria-metrics") or (
         "/usr/bin/victoria-metrics" if Path("/usr/bin/victoria-metrics").is_file() else None
     )
-
-
-def free_port() -> int:
-    """A TCP port free on the loopback interface right now."""
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:

@@ -137,6 +137,29 @@ def _predict(http: httpx.Client, window: list[float], asset: str, n: int) -> Non
 
 
 @pytest.mark.integration
+def _hooked(client: Any, receiver: Receiver, name: str, asset: str = "pump-1", **hook: Any) -> Any:
+    """Register webhook ``name`` to the receiver's ``/name``, a rule firing on every window of
+    ``asset`` to it, and the asset; return the client."""
+    body = {"url": receiver.url(f"/{name}"), "secret": SECRET, **hook}
+    assert client.put(f"/v1/webhooks/{name}", json=body).status_code == 201
+    rule = {"when": {"failure_probability_gte": 0.0}, "webhook_id": name, "asset_ids": [asset]}
+    assert client.put(f"/v1/rules/{name}", json=rule).status_code == 201
+    assert client.put(f"/v1/assets/{asset}", json={"site": "plant-a"}).status_code == 201
+    return client
+
+
+def _fast(**settings: Any) -> dict[str, Any]:
+    """App settings for a delivery test: quick retries, no rate limit, the receiver allowed."""
+    defaults = {
+        "delivery_backoff_base_s": 0.2,
+        "delivery_backoff_cap_s": 1.0,
+        "delivery_poll_s": 0.2,
+        "rate_limit_per_minute": 0,
+        "webhook_allowed_networks": ("127.0.0.0/8",),
+    }
+    return {**defaults, **settings}
+
+
 def test_no_request_is_lost_or_doubled_through_outages_and_restarts(
     service: Service, receiver: Receiver, window: Callable[..., list[float]]
 ):
@@ -200,21 +223,9 @@ def test_a_permanent_error_is_dead_lettered_and_can_be_retried(
     window: Callable[..., list[float]],
 ):
     # Prepare: the real app, its delivery worker in its lifespan, a receiver answering 400
-    client = make_client(
-        served_registry,
-        state_path=tmp_path / "state.sqlite",
-        delivery_backoff_base_s=0.2,
-        delivery_backoff_cap_s=1.0,
-        delivery_poll_s=0.2,
-        rate_limit_per_minute=0,
-        webhook_allowed_networks=("127.0.0.0/8",),
-    )
+    client = make_client(served_registry, state_path=tmp_path / "state.sqlite", **_fast())
     receiver.status["/strict"] = 400
-    hook = {"url": receiver.url("/strict"), "secret": SECRET}
-    assert client.put("/v1/webhooks/strict", json=hook).status_code == 201
-    rule = {"when": {"failure_probability_gte": 0.0}, "webhook_id": "strict"}
-    assert client.put("/v1/rules/r", json=rule).status_code == 201
-    assert client.put("/v1/assets/pump-1", json={"site": "plant-a"}).status_code == 201
+    _hooked(client, receiver, "strict")
 
     # Execute
     body = {"sample_rate_hz": 12000, "asset_id": "pump-1", "windows": [window()]}
@@ -249,17 +260,8 @@ def test_webhooks_to_internal_addresses_are_refused_unless_the_operator_allows_t
 ):
     # Prepare: an operator who allowed the receiver's loopback network sets a webhook up
     state = tmp_path / "state.sqlite"
-    setup = make_client(
-        served_registry,
-        state_path=state,
-        delivery_enabled=False,
-        webhook_allowed_networks=("127.0.0.0/8",),
-    )
-    hook = {"url": receiver.url("/internal"), "secret": SECRET}
-    assert setup.put("/v1/webhooks/erp", json=hook).status_code == 201
-    rule = {"when": {"failure_probability_gte": 0.0}, "webhook_id": "erp"}
-    assert setup.put("/v1/rules/r", json=rule).status_code == 201
-    assert setup.put("/v1/assets/pump-1", json={"site": "plant-a"}).status_code == 201
+    setup = make_client(served_registry, state_path=state, **_fast(delivery_enabled=False))
+    _hooked(setup, receiver, "internal")
 
     # Execute: the same state served with the default policy (public addresses only)
     client = make_client(
@@ -312,21 +314,9 @@ def test_the_erp_document_number_is_read_back_from_sap_and_maximo(
         {"d": {"MaintenanceNotification": "10004711", "NotificationType": "M2"}}
     ).encode()
     receiver.replies["/maximo"] = b'{"wonum": "1203", "siteid": "BEDFORD"}'
-    client = make_client(
-        served_registry,
-        state_path=tmp_path / "state.sqlite",
-        delivery_poll_s=0.2,
-        rate_limit_per_minute=0,
-        webhook_allowed_networks=("127.0.0.0/8",),
-    )
+    client = make_client(served_registry, state_path=tmp_path / "state.sqlite", **_fast())
     for fmt in ("sap", "maximo"):
-        hook = {"url": receiver.url(f"/{fmt}"), "secret": SECRET, "format": fmt}
-        assert client.put(f"/v1/webhooks/{fmt}", json=hook).status_code == 201
-        rule = {"when": {"failure_probability_gte": 0.0}, "webhook_id": fmt}
-        rule["asset_ids"] = [f"pump-{fmt}"]
-        assert client.put(f"/v1/rules/{fmt}", json=rule).status_code == 201
-        asset = client.put(f"/v1/assets/pump-{fmt}", json={"site": "plant-a"})
-        assert asset.status_code == 201
+        _hooked(client, receiver, fmt, asset=f"pump-{fmt}", format=fmt)
 
     # Execute
     for fmt in ("sap", "maximo"):
@@ -353,21 +343,10 @@ def test_an_idle_worker_retries_when_the_retry_falls_due_not_at_its_next_poll(
     window: Callable[..., list[float]],
 ):
     # Prepare: the worker looks at the outbox on its own only every 120 s; backoff is 0.2-0.5 s
-    client = make_client(
-        served_registry,
-        state_path=tmp_path / "state.sqlite",
-        delivery_poll_s=120.0,
-        delivery_backoff_base_s=0.2,
-        delivery_backoff_cap_s=0.5,
-        rate_limit_per_minute=0,
-        webhook_allowed_networks=("127.0.0.0/8",),
-    )
+    settings = _fast(delivery_poll_s=120.0, delivery_backoff_cap_s=0.5)
+    client = make_client(served_registry, state_path=tmp_path / "state.sqlite", **settings)
     receiver.status["/flaky"] = 503
-    hook = {"url": receiver.url("/flaky"), "secret": SECRET}
-    assert client.put("/v1/webhooks/flaky", json=hook).status_code == 201
-    rule = {"when": {"failure_probability_gte": 0.0}, "webhook_id": "flaky"}
-    assert client.put("/v1/rules/r", json=rule).status_code == 201
-    assert client.put("/v1/assets/pump-1", json={"site": "plant-a"}).status_code == 201
+    _hooked(client, receiver, "flaky")
 
     # Execute: the first attempt fails; the receiver recovers while the worker idles
     body = {"sample_rate_hz": 12000, "asset_id": "pump-1", "windows": [window()]}
