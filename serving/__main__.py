@@ -21,6 +21,7 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from models.errors import FedPMModelsError
 from serving.app import create_app
@@ -127,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = {k: v for k, v in vars(args).items() if v is not None}
     try:
         settings = ServeSettings(**overrides)
-    except ValidationError as exc:
+    except (ValidationError, SettingsError) as exc:  # SettingsError: an env value not parsed
         parser.exit(EXIT_BAD_SETTINGS, f"invalid settings: {exc}\n")
     configure_logging(settings)
     logger.info(

@@ -7,12 +7,13 @@ and the CLI can build their own :class:`ServeSettings` and hand it to
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from serving.egress import EgressPolicy, parse_networks
 
@@ -63,9 +64,9 @@ class ServeSettings(BaseSettings):
         How long a claimed outbox row is held by this process before another may take it.
     webhook_allowed_networks
         Networks (CIDR) besides public addresses that webhooks may be delivered to, e.g. the
-        plant network of an on-premises SAP or Maximo: ``'["10.20.0.0/16"]'`` in the
-        environment. Loopback, private, link-local and reserved addresses are refused unless
-        listed (:mod:`serving.egress`).
+        plant network of an on-premises SAP or Maximo: ``10.20.0.0/16,10.30.0.0/16`` (or a
+        JSON list) in the environment. Loopback, private, link-local and reserved addresses
+        are refused unless listed (:mod:`serving.egress`).
     workers
         uvicorn worker processes. Above 1, ``/metrics`` sums every worker's figures
         (prometheus_client's multiprocess mode, in ``PROMETHEUS_MULTIPROC_DIR`` or a temporary
@@ -95,8 +96,24 @@ class ServeSettings(BaseSettings):
     delivery_max_age_s: float = Field(default=3 * 86_400.0, gt=0, le=90 * 86_400)
     delivery_poll_s: float = Field(default=10.0, gt=0, le=3600)
     delivery_lease_s: float = Field(default=60.0, gt=0, le=3600)
-    webhook_allowed_networks: tuple[str, ...] = Field(default=(), max_length=256)
+    webhook_allowed_networks: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(), max_length=256
+    )
     workers: int = Field(default=1, ge=1, le=64)
+
+    @field_validator("webhook_allowed_networks", mode="before")
+    @classmethod
+    def _network_list(cls, value: object) -> object:
+        """From the environment: a JSON list, or networks separated by commas."""
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                return json.loads(text)
+            except ValueError as exc:
+                raise ValueError(f"not a JSON list of networks: {exc}") from exc
+        return tuple(part.strip() for part in text.split(",") if part.strip())
 
     @field_validator("webhook_allowed_networks")
     @classmethod

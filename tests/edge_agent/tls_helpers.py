@@ -7,8 +7,6 @@ client certificate."""
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import os
 import shutil
 import subprocess
@@ -16,13 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
 from fedpm.broker import find_mosquitto
 from fedpm.netutil import free_port, wait_for_port
+from fedpm.pki import issue_cert, write_ca
 from fedpm.procs import terminate
 
 
@@ -38,77 +32,6 @@ class Pki:
     client_name: str
 
 
-def _key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-
-
-def _cert(
-    subject: str,
-    key: ec.EllipticCurvePrivateKey,
-    issuer: x509.Name | None,
-    issuer_key: ec.EllipticCurvePrivateKey,
-    *,
-    ca: bool = False,
-    server_names: tuple[str, ...] = (),
-) -> x509.Certificate:
-    now = dt.datetime.now(dt.UTC)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(issuer or name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if ca:
-        builder = builder.add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        ).add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-    else:
-        builder = builder.add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), False
-        )
-        usage = ExtendedKeyUsageOID.SERVER_AUTH if server_names else ExtendedKeyUsageOID.CLIENT_AUTH
-        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-    if server_names:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([_general_name(name) for name in server_names]),
-            critical=False,
-        )
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
-def _general_name(name: str) -> x509.GeneralName:
-    try:
-        return x509.IPAddress(ipaddress.ip_address(name))
-    except ValueError:
-        return x509.DNSName(name)
-
-
 def make_pki(
     folder: Path,
     *,
@@ -116,28 +39,21 @@ def make_pki(
     client: str = "edge-plant-a",
     server_names: tuple[str, ...] = ("localhost", "127.0.0.1"),
 ) -> Pki:
-    """A CA, a server certificate for ``server_names``, a client certificate (CN ``client``)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    ca_key = _key()
-    ca_cert = _cert(ca_name, ca_key, None, ca_key, ca=True)
-    server_key, client_key = _key(), _key()
-    server = _cert("broker", server_key, ca_cert.subject, ca_key, server_names=server_names)
-    client_cert = _cert(client, client_key, ca_cert.subject, ca_key)
-    pem = serialization.Encoding.PEM
-    pki = Pki(
-        ca=folder / "ca.pem",
-        server_cert=folder / "server.pem",
-        server_key=folder / "server.key",
-        client_cert=folder / "client.pem",
-        client_key=folder / "client.key",
+    """A CA, a server certificate for ``server_names``, a client certificate (CN ``client``).
+
+    Made with the product's own :mod:`fedpm.pki`, as ``docker/scripts/make-dev-certs.sh`` does.
+    """
+    ca = write_ca(folder, valid_days=1, common_name=ca_name)
+    server_cert, server_key = issue_cert(ca, folder, "broker", hosts=server_names, valid_days=1)
+    client_cert, client_key = issue_cert(ca, folder, client, client=True, valid_days=1)
+    return Pki(
+        ca=ca.cert,
+        server_cert=server_cert,
+        server_key=server_key,
+        client_cert=client_cert,
+        client_key=client_key,
         client_name=client,
     )
-    pki.ca.write_bytes(ca_cert.public_bytes(pem))
-    pki.server_cert.write_bytes(server.public_bytes(pem))
-    pki.client_cert.write_bytes(client_cert.public_bytes(pem))
-    _write_key(server_key, pki.server_key)
-    _write_key(client_key, pki.client_key)
-    return pki
 
 
 class TlsBroker:

@@ -4,63 +4,24 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from serving_helpers import running_service
 
 
 @pytest.fixture
-def server(served_registry: Path, tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen]]:
-    port = _free_port()
+def server(served_registry: Path, tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     env = {
-        **os.environ,
         "FEDPM_SERVE_MAX_BODY_BYTES": str(64 * 1024),
         "FEDPM_SERVE_STATE_PATH": str(tmp_path / "state.sqlite"),
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "serving", "--registry", str(served_registry), "--port", str(port)],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90  # a loaded 2-core machine starts slowly
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited with {proc.returncode}:\n{proc.stdout.read()}")
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("server did not answer /health within 90 s")
-            time.sleep(0.1)
-        yield base, proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        proc.stdout.close()
+    with running_service(served_registry, tmp_path, env=env) as started:
+        yield started
 
 
 @pytest.mark.integration

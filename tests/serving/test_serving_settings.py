@@ -68,3 +68,38 @@ def test_cli_refuses_invalid_settings(capsys):
     # Assert
     assert exit_info.value.code == EXIT_BAD_SETTINGS
     assert "invalid settings" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("10.20.0.0/16, 192.168.7.0/24", ("10.20.0.0/16", "192.168.7.0/24")),
+        ('["fd00::/8"]', ("fd00::/8",)),
+        ("", ()),
+    ],
+)
+def test_webhook_networks_from_the_environment(monkeypatch, value: str, expected: tuple[str, ...]):
+    # Prepare
+    monkeypatch.setenv("FEDPM_SERVE_WEBHOOK_ALLOWED_NETWORKS", value)
+
+    # Execute
+    settings = ServeSettings()
+
+    # Assert
+    assert settings.webhook_allowed_networks == expected
+
+
+@pytest.mark.parametrize("value", ["10.0.0.0/33", "[10.0.0.0/8", "plant-a"])
+def test_the_cli_refuses_bad_webhook_networks_with_a_message(monkeypatch, capsys, value: str):
+    # Prepare
+    monkeypatch.setenv("FEDPM_SERVE_WEBHOOK_ALLOWED_NETWORKS", value)
+
+    # Execute
+    with pytest.raises(SystemExit) as exit_info:
+        main([])
+
+    # Assert: a sentence naming the setting, not a traceback
+    assert exit_info.value.code == EXIT_BAD_SETTINGS
+    err = capsys.readouterr().err
+    assert "invalid settings" in err
+    assert "webhook_allowed_networks" in err

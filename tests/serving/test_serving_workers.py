@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,8 +12,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
+from serving_helpers import running_service
 
-from fedpm.netutil import free_port
 from serving.settings import ServeSettings
 
 HEALTH = (("method", "GET"), ("route", "/health"), ("status", "200"))
@@ -49,38 +45,16 @@ def _per_worker_counts(folder: Path, scratch: Path) -> list[float]:
 @pytest.mark.integration
 def test_two_workers_answer_and_metrics_sum_both(served_registry: Path, tmp_path: Path) -> None:
     # Prepare: two workers sharing one metrics folder given by the environment
-    port = free_port()
     metrics_dir = tmp_path / "prom"
-    (metrics_dir).mkdir()
+    metrics_dir.mkdir()
     (metrics_dir / "counter_1.db").write_bytes(b"stale")  # left by an earlier run: removed
     env = {
-        **os.environ,
         "FEDPM_SERVE_STATE_PATH": str(tmp_path / "state.sqlite"),
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
     }
-    argv = [sys.executable, "-m", "serving", "--registry", str(served_registry), "--port"]
-    proc = subprocess.Popen(
-        [*argv, str(port), "--workers", "2", "--model-poll-s", "0"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
+    args = ("--workers", "2", "--model-poll-s", "0")
+    with running_service(served_registry, tmp_path, *args, env=env, ready="/ready") as (base, proc):
         deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited with {proc.returncode}:\n{proc.stdout.read()}")  # type: ignore[union-attr]
-            try:
-                if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("two workers did not get ready within 90 s")
-            time.sleep(0.1)
 
         # both workers must have started: one counter file each (the parent's has only zeros)
         def workers() -> list[Path]:
@@ -104,14 +78,6 @@ def test_two_workers_answer_and_metrics_sum_both(served_registry: Path, tmp_path
             for _ in range(6)
         ]
         per_worker = _per_worker_counts(metrics_dir, tmp_path / "alone")
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()  # type: ignore[union-attr]
 
     # Assert: every scrape, whichever worker answers it, counts all 60 (plus earlier ones)
     assert codes == [200] * 60
